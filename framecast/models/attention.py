@@ -1,0 +1,161 @@
+"""Attention backends: one signature, chosen by name.
+
+Shape legend: B batch, L query tokens, S key/value tokens, N heads, H head dim.
+
+    attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, backend="sdpa") -> o_BLNH
+
+`sdpa` is the default and the reference every other backend is tested against. A backend
+declares what it supports through `supports(q, k, v, mask) -> reason | None`; an unsupported
+request falls back to `sdpa` with one warning per distinct reason, an unknown name raises and
+lists the valid names. The registry maps names to import strings, so importing this module
+never imports a CUDA extension.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class BlockCausal:
+    """Block-causal mask: tokens come in frames of `frame_tokens`; a query in frame f sees the
+    keys of frames <= f. Queries start at key frame `q_start_frame` (queries for the last frames
+    of a longer key sequence, e.g. the current frame against a KV cache)."""
+
+    frame_tokens: int
+    q_start_frame: int = 0
+
+    def key_end(self, q_frame: int) -> int:
+        """Number of visible keys for query frame index `q_frame` (counted within the queries)."""
+        return (self.q_start_frame + q_frame + 1) * self.frame_tokens
+
+
+Mask = Union[None, torch.Tensor, BlockCausal]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    fn: str  # import string "module:function" of the attention function
+    supports: str  # import string of `supports(q, k, v, mask) -> Optional[str]` (None = supported)
+    description: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "sdpa": Backend(
+        "sdpa", "framecast.models.attention:sdpa_attention", "framecast.models.attention:_always",
+        "torch scaled_dot_product_attention (reference; any device and dtype)",
+    ),
+    "flash": Backend(
+        "flash", "framecast.models.attention:flash_attention",
+        "framecast.models.attention:flash_supports",
+        "flash-attn flash_attn_func (CUDA, fp16/bf16, head dim <= 256)",
+    ),
+}
+
+
+def _resolve(import_string: str) -> Callable:
+    module, name = import_string.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_backend(name: str) -> Backend:
+    """Return the registered backend or raise naming the valid ones."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]
+
+
+def available_backends() -> dict[str, str]:
+    """name -> 'yes' or the reason it cannot run here (checked on a tiny probe on the best device)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    probe = torch.zeros(1, 1, 1, 64, device=device, dtype=dtype)
+    out = {}
+    for name, b in BACKENDS.items():
+        reason = _resolve(b.supports)(probe, probe, probe, None)
+        out[name] = "yes" if reason is None else reason
+    return out
+
+
+def attention(q_BLNH: torch.Tensor, k_BSNH: torch.Tensor, v_BSNH: torch.Tensor, *,
+              mask: Mask = None, scale: Optional[float] = None, backend: str = "sdpa") -> torch.Tensor:
+    b = check_backend(backend)
+    if backend != "sdpa":
+        reason = _resolve(b.supports)(q_BLNH, k_BSNH, v_BSNH, mask)
+        if reason is not None:
+            warnings.warn(f"attention backend {backend!r} unsupported here ({reason}); using sdpa",
+                          RuntimeWarning, stacklevel=2)
+            b = BACKENDS["sdpa"]
+    return _resolve(b.fn)(q_BLNH, k_BSNH, v_BSNH, mask=mask, scale=scale)
+
+
+def _always(q, k, v, mask) -> Optional[str]:
+    return None
+
+
+def _per_query_frame(fn, q_BLNH, k_BSNH, v_BSNH, mask: BlockCausal, scale):
+    """Block-causal attention without a dense L x S mask: each query frame attends, unmasked, to
+    the key prefix it may see."""
+    ft = mask.frame_tokens
+    if q_BLNH.shape[1] % ft:
+        raise ValueError(f"BlockCausal: {q_BLNH.shape[1]} query tokens is not a multiple of frame_tokens={ft}")
+    outs = []
+    for f in range(q_BLNH.shape[1] // ft):
+        end = mask.key_end(f)
+        if end > k_BSNH.shape[1]:
+            raise ValueError(f"BlockCausal: query frame {f} needs {end} keys, got {k_BSNH.shape[1]}")
+        outs.append(fn(q_BLNH[:, f * ft:(f + 1) * ft], k_BSNH[:, :end], v_BSNH[:, :end], scale))
+    return torch.cat(outs, dim=1)
+
+
+def _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=None):
+    # SDPA wants heads before tokens: (B, N, L, H).
+    o_BNLH = F.scaled_dot_product_attention(
+        q_BLNH.transpose(1, 2), k_BSNH.transpose(1, 2), v_BSNH.transpose(1, 2),
+        attn_mask=attn_mask, dropout_p=0.0, is_causal=False, scale=scale)
+    return o_BNLH.transpose(1, 2)
+
+
+def sdpa_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None):
+    if isinstance(mask, BlockCausal):
+        return _per_query_frame(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+    return _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=mask)
+
+
+def _flash_func():
+    return importlib.import_module("flash_attn").flash_attn_func
+
+
+def flash_supports(q, k, v, mask) -> Optional[str]:
+    try:
+        _flash_func()
+    except (ImportError, AttributeError) as e:
+        return f"flash_attn not importable: {e.__class__.__name__}"
+    if not q.is_cuda:
+        return "needs a CUDA tensor"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"needs fp16/bf16, got {q.dtype}"
+    if q.shape[-1] > 256 or q.shape[-1] % 8:
+        return f"head dim {q.shape[-1]} not a multiple of 8 up to 256"
+    if isinstance(mask, torch.Tensor):
+        return "dense masks are not supported"
+    return None
+
+
+def _flash(q_BLNH, k_BSNH, v_BSNH, scale):
+    # flash-attn takes (B, L, N, H) directly: no transpose.
+    return _flash_func()(q_BLNH, k_BSNH, v_BSNH, dropout_p=0.0, softmax_scale=scale, causal=False)
+
+
+def flash_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None):
+    if isinstance(mask, BlockCausal):
+        return _per_query_frame(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+    if mask is not None:
+        raise ValueError("flash backend: dense masks are not supported")
+    return _flash(q_BLNH, k_BSNH, v_BSNH, scale)
