@@ -1,0 +1,176 @@
+"""Build what a generation needs — model, text encoder, VAE, sampler — from a config, a shipped
+weights file, or a local checkpoint folder in diffusers' Wan layout:
+
+    DIR/model_index.json  transformer/  vae/  text_encoder/  tokenizer/  scheduler/
+
+Nothing is downloaded. A missing or malformed folder is a `CheckpointError` naming what is wrong.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from framecast.config import Config, ConfigError
+from framecast.engine.wan_checkpoint import CheckpointError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECKPOINT_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Components:
+    model: Any  # WanModel (eval mode, on device)
+    text: Any  # .encode(list[str]) -> [B, S, text_dim]
+    vae: Any  # IdentityVAE | WanVAE
+    make_sampler: Callable[[], Any]  # a fresh sampler with timesteps set (one per block)
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+    return torch.device(name)
+
+
+def model_kwargs(cfg: Config) -> dict:
+    m = cfg.model
+    return dict(patch_size=tuple(m.patch_size), num_attention_heads=m.num_attention_heads,
+                attention_head_dim=m.attention_head_dim, in_channels=m.in_channels,
+                out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim, ffn_dim=m.ffn_dim,
+                num_layers=m.num_layers, cross_attn_norm=m.cross_attn_norm, qk_norm="rms_norm_across_heads",
+                eps=m.eps, rope_max_seq_len=m.rope_max_seq_len, num_actions=m.num_actions)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.parent.parent if what != 'model_index' else path.parent}: "
+                              f"missing {path.name} ({what})")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed JSON ({e.__class__.__name__}: {e})") from None
+
+
+def inspect_checkpoint(folder: str | Path) -> dict:
+    """Check the folder's layout and read its small JSON configs (no weights). Returns
+    {"transformer": cfg, "vae": cfg, "scheduler": cfg}."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {str(folder)!r} does not exist")
+    _read_json(folder / "model_index.json", "model_index")
+    missing = [p for p in CHECKPOINT_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder}: missing sub-folder(s) {', '.join(missing)}; "
+                              f"diffusers' Wan layout needs {', '.join(CHECKPOINT_PARTS)}")
+    return {
+        "transformer": _read_json(folder / "transformer" / "config.json", "transformer config"),
+        "vae": _read_json(folder / "vae" / "config.json", "vae config"),
+        "scheduler": _read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config"),
+    }
+
+
+def apply_checkpoint_config(cfg: Config, info: dict, keep_sampler: set[str]) -> None:
+    """Shapes and sampler defaults come from the folder (fields in `keep_sampler` were set by the
+    user and win)."""
+    from framecast.schedulers.flow import sampler_from_diffusers_config
+
+    t = info["transformer"]
+    m = cfg.model
+    for key in ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
+                "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "eps", "rope_max_seq_len"):
+        if key in t:
+            setattr(m, key, t[key])
+    if "patch_size" in t:
+        m.patch_size = list(t["patch_size"])
+    if "dim" in t and "num_heads" in t:  # original Wan-AI config names
+        m.num_attention_heads, m.attention_head_dim = t["num_heads"], t["dim"] // t["num_heads"]
+        m.num_layers, m.ffn_dim = t["num_layers"], t["ffn_dim"]
+    cfg.text.kind, cfg.vae.kind = "umt5", "wan"
+    v = info["vae"]
+    cfg.vae.temporal_stride = int(v.get("scale_factor_temporal", 4))
+    cfg.vae.spatial_stride = int(v.get("scale_factor_spatial", 8))
+    try:
+        sampler = sampler_from_diffusers_config(info["scheduler"])
+    except ValueError as e:
+        raise CheckpointError(f"scheduler/scheduler_config.json: {e}") from None
+    if "name" not in keep_sampler:
+        cfg.sampler.name = "unipc" if type(sampler).__name__ == "FlowUniPC" else "euler"
+    if "shift" not in keep_sampler:
+        cfg.sampler.shift = float(sampler.shift)
+
+
+def _random_model(cfg: Config):
+    from framecast.models.wan import WanModel
+
+    with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
+        torch.manual_seed(cfg.model.init_seed)
+        return WanModel(**model_kwargs(cfg))
+
+
+def load_builtin(name: str, cfg: Config):
+    """Shipped weights framecast/weights/NAME.safetensors: keys `transformer.*` and `text_encoder.*`."""
+    import importlib.resources
+
+    from safetensors.torch import load_file
+
+    from framecast.engine.text import BuiltinTextEncoder
+    from framecast.models.wan import WanModel
+
+    path = importlib.resources.files("framecast.weights").joinpath(f"{name}.safetensors")
+    if not path.is_file():
+        raise ConfigError(f"model.weights='builtin:{name}': no shipped weights named {name!r}")
+    sd = load_file(str(path))
+    model = WanModel(**model_kwargs(cfg))
+    text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
+    for prefix, module in (("transformer.", model), ("text_encoder.", text)):
+        part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"builtin weights {name!r} do not match the preset's model config: "
+                                  f"{str(e).splitlines()[0]}") from None
+    return model, text
+
+
+def build_components(cfg: Config, checkpoint: str | Path | None = None) -> Components:
+    from framecast.engine.text import BuiltinTextEncoder, UMT5TextEncoder
+    from framecast.engine.vae import IdentityVAE, WanVAE
+    from framecast.schedulers.flow import make_sampler
+
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
+    if checkpoint is not None:
+        from framecast.engine.wan_checkpoint import load_wan_transformer
+
+        folder = Path(checkpoint)
+        model = load_wan_transformer(folder / "transformer", dtype=torch.float32)
+        text = UMT5TextEncoder(folder, max_length=cfg.text.max_length, device=device)
+        vae = WanVAE(folder / "vae", device=device)
+    else:
+        weights = cfg.model.weights
+        if weights.startswith("builtin:"):
+            model, text = load_builtin(weights.split(":", 1)[1], cfg)
+        elif weights:
+            raise ConfigError(f"model.weights={weights!r}: use builtin:NAME, or --checkpoint DIR for a folder")
+        else:
+            model = _random_model(cfg)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.model.init_seed + 1)
+                text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
+        if cfg.text.kind != "builtin" or cfg.vae.kind != "identity":
+            raise ConfigError("without --checkpoint only text.kind=builtin and vae.kind=identity are available "
+                              "(the UMT5 encoder and the Wan VAE load from a checkpoint folder)")
+        text = text.to(device).eval()
+        vae = IdentityVAE()
+    model = (model.cast(dtype) if dtype != torch.float32 else model).to(device).eval()
+    proto = make_sampler(cfg.sampler.name, shift=cfg.sampler.shift)
+    proto.set_timesteps(cfg.sampler.steps)
+    return Components(model=model, text=text, vae=vae, make_sampler=lambda: copy.deepcopy(proto),
+                      device=device, dtype=dtype)

@@ -1,0 +1,43 @@
+"""The guided model call shared by every schedule.
+
+Classifier-free guidance runs both branches in ONE batch (cond first, uncond second) and combines
+them as diffusers does: uncond + g * (cond - uncond). CFG is on when g > 1 (diffusers' rule).
+Shape legend: B batch, C channels, F latent frames, H/W latent height/width, S text tokens, D width.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+class Denoiser:
+    def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
+                 dtype: torch.dtype, device: torch.device):
+        self.model, self.guidance, self.dtype, self.device = model, guidance, dtype, device
+        self.cfg = guidance > 1.0 and uncond_1SD is not None
+        text = torch.cat([cond_1SD, uncond_1SD]) if self.cfg else cond_1SD
+        self.text_BSD = text.to(device=device, dtype=dtype)
+
+    @property
+    def batch(self) -> int:
+        return 2 if self.cfg else 1
+
+    def inputs(self, lat_1CFHW: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_BCFHW, t_B or t_BF, text_BSD) for the model: the latents repeated per CFG branch.
+        `t` is a scalar (whole clip at one level) or a [F] per-latent-frame tensor."""
+        x = lat_1CFHW.to(device=self.device, dtype=self.dtype).expand(self.batch, -1, -1, -1, -1)
+        t = torch.as_tensor(t, device=self.device)
+        t = t.expand(self.batch) if t.ndim == 0 else t[None].expand(self.batch, -1)
+        return x, t, self.text_BSD
+
+    def combine(self, out_BCFHW: torch.Tensor) -> torch.Tensor:
+        if not self.cfg:
+            return out_BCFHW
+        cond, uncond = out_BCFHW.chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(self, lat_1CFHW: torch.Tensor, t) -> torch.Tensor:
+        x, t, text = self.inputs(lat_1CFHW, t)
+        return self.combine(self.model(x, t, text))

@@ -1,0 +1,138 @@
+"""What a user calls: `Engine.generate(...)` writes a video file, `Engine.stream(...)` yields frames.
+
+    from framecast import Engine
+    engine = Engine.from_preset("tiny")                       # built-in default, no download
+    engine = Engine.from_checkpoint("Wan2.1-T2V-1.3B-Diffusers", ["model.dtype=bfloat16"])
+    path = engine.generate("a red circle moving right", seconds=4, out="circle.mp4")
+    for frame in engine.stream("a red circle moving right", frames=32):   # uint8 [H, W, 3]
+        ...
+
+The request is validated and the output path checked before any model work; weights load on
+first use. With `seed=S` the initial latents are `torch.randn(shape, generator=
+torch.Generator("cpu").manual_seed(S))`, exactly those of diffusers' WanPipeline.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from framecast.config import Config, load_config
+from framecast.engine.request import Request, make_request
+
+
+class Engine:
+    def __init__(self, cfg: Config, checkpoint: str | os.PathLike | None = None,
+                 user_overrides: Sequence[str] = ()):
+        self.cfg = cfg
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None:
+            from framecast.engine.components import apply_checkpoint_config, inspect_checkpoint
+
+            keep = {o.split("=", 1)[0].split(".", 1)[1] for o in user_overrides if o.startswith("sampler.")}
+            apply_checkpoint_config(cfg, inspect_checkpoint(self.checkpoint), keep)
+        self._parts = None
+        self.last_request: Optional[Request] = None
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", overrides: Sequence[str] = ()) -> "Engine":
+        return cls(load_config(preset, overrides), user_overrides=overrides)
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | os.PathLike, overrides: Sequence[str] = (),
+                        preset: str = "wan2.1-t2v-1.3b") -> "Engine":
+        return cls(load_config(preset, overrides), checkpoint=folder, user_overrides=overrides)
+
+    @property
+    def parts(self):
+        if self._parts is None:
+            from framecast.engine.components import build_components
+
+            self._parts = build_components(self.cfg, self.checkpoint)
+        return self._parts
+
+    def request(self, prompt, **kwargs) -> Request:
+        return make_request(self.cfg, prompt, **kwargs)
+
+    # ----------------------------------------------------------------------------------- stream
+    def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
+               seed: Optional[int] = None, negative_prompt: Optional[str] = None,
+               progress: bool = False) -> Iterator[np.ndarray]:
+        """Yield uint8 frames [H, W, 3] as they are decoded."""
+        req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
+        return self._stream(req, progress)
+
+    def _stream(self, req: Request, progress: bool) -> Iterator[np.ndarray]:
+        from framecast.engine.video_io import to_uint8
+
+        decoder = self.parts.vae.decoder()
+        for lat in self._latent_blocks(req, progress):
+            video = decoder.decode(lat)[0]  # (3, f, H, W)
+            yield from to_uint8(video)
+
+    def _conditioning(self, req: Request):
+        from framecast.engine.denoise import Denoiser
+
+        p = self.parts
+        guided = self.cfg.sampler.guidance_scale > 1.0
+        prompts = [req.prompt, req.negative_prompt] if guided else [req.prompt]
+        text = p.text.encode(prompts)
+        uncond = text[1:] if guided else None
+        return Denoiser(p.model, text[:1], uncond, self.cfg.sampler.guidance_scale, p.dtype, p.device)
+
+    def initial_latents(self, req: Request) -> torch.Tensor:
+        shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)
+        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
+
+    def _latent_blocks(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
+        """Finished latents [1, C, f, h, w], oldest first, as the schedule releases them."""
+        name = self.cfg.schedule.name
+        if name == "full":
+            yield from self._full(req, progress)
+        else:
+            from framecast.launch.executors import run_schedule
+
+            yield from run_schedule(self, req, progress)
+
+    def _full(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
+        from framecast.schedulers.full import denoise_full
+
+        denoise = self._conditioning(req)
+        sampler = self.parts.make_sampler()
+        lat = self.initial_latents(req).to(self.parts.device)
+        with tqdm(total=self.cfg.sampler.steps, desc="denoise", unit="step", disable=not progress) as bar:
+            lat = denoise_full(denoise, lat, sampler, on_step=lambda i: bar.update())
+        for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
+            yield lat[:, :, f:f + 1]
+
+    # --------------------------------------------------------------------------------- generate
+    def generate(self, prompt, *, out: str | os.PathLike, frames: Optional[int] = None,
+                 seconds: Optional[float] = None, seed: Optional[int] = None,
+                 negative_prompt: Optional[str] = None, overwrite: bool = False,
+                 progress: bool = False, resume: bool = False) -> Path:
+        """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path."""
+        from framecast.engine.video_io import open_video_writer
+
+        req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
+        self.last_request = req
+        if resume:
+            from framecast.launch.resume import generate_resumed
+
+            return generate_resumed(self, req, out, progress=progress)
+        writer = open_video_writer(out, fps=req.fps, overwrite=overwrite)
+        try:
+            with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
+                for frame in self._stream(req, progress):
+                    writer.write(frame)
+                    bar.update()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        if writer.frames_written != req.frames:
+            raise RuntimeError(f"wrote {writer.frames_written} frames, expected {req.frames}")
+        return Path(writer.path)

@@ -1,0 +1,89 @@
+"""VAEs as streaming decoders: latent frames in, video frames out, a causal cache kept between calls.
+
+    dec = vae.decoder()            # fresh causal state for one video
+    for lat in latent_chunks:      # [1, z, f, h, w] normalised latents, in order
+        video = dec.decode(lat)    # [1, 3, f', H, W] in [-1, 1]
+
+- `WanVAE` wraps diffusers' `AutoencoderKLWan`: latents are de-normalised exactly as diffusers'
+  WanPipeline does (`lat / (1/std) + mean`) and decoded one latent frame at a time through the
+  VAE's own causal feature cache, so chunked decoding equals `vae.decode` of the whole video and
+  memory does not grow with length. The first latent frame gives 1 frame, every later one 4.
+- `IdentityVAE`: pixel space (the tiny presets): latents are RGB frames in [-1, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class IdentityVAE:
+    temporal_stride = 1
+    spatial_stride = 1
+    z_dim = 3
+
+    def decoder(self) -> "IdentityDecoder":
+        return IdentityDecoder()
+
+    @staticmethod
+    def video_frames(latent_frames: int) -> int:
+        return latent_frames
+
+    @staticmethod
+    def latent_frames(video_frames: int) -> int:
+        return video_frames
+
+
+class IdentityDecoder:
+    def decode(self, lat_BCFHW: torch.Tensor) -> torch.Tensor:
+        return lat_BCFHW.float().clamp(-1.0, 1.0)
+
+
+class WanVAE:
+    def __init__(self, folder: str | Path, device="cpu", dtype=torch.float32):
+        from diffusers import AutoencoderKLWan
+
+        self.vae = AutoencoderKLWan.from_pretrained(Path(folder), torch_dtype=dtype).to(device).eval()
+        cfg = self.vae.config
+        self.z_dim = cfg.z_dim
+        self.temporal_stride = int(getattr(cfg, "scale_factor_temporal", 4))
+        self.spatial_stride = int(getattr(cfg, "scale_factor_spatial", 8))
+        shape = (1, cfg.z_dim, 1, 1, 1)
+        self.mean = torch.tensor(cfg.latents_mean).view(shape)
+        self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(shape)
+        for name in ("clear_cache", "post_quant_conv", "decoder"):
+            if not hasattr(self.vae, name):
+                raise RuntimeError(f"this diffusers AutoencoderKLWan has no {name!r}; streaming decode needs it")
+
+    def video_frames(self, latent_frames: int) -> int:
+        return (latent_frames - 1) * self.temporal_stride + 1
+
+    def latent_frames(self, video_frames: int) -> int:
+        return (video_frames - 1) // self.temporal_stride + 1
+
+    def decoder(self) -> "WanDecoder":
+        return WanDecoder(self)
+
+
+class WanDecoder:
+    """One video's causal decode state. Not shareable between videos."""
+
+    def __init__(self, wan: WanVAE):
+        self.wan = wan
+        self.first = True
+        wan.vae.clear_cache()
+        self.feat_map = wan.vae._feat_map  # the VAE's causal conv cache, owned by this decode
+
+    @torch.no_grad()
+    def decode(self, lat_BCFHW: torch.Tensor) -> torch.Tensor:
+        vae = self.wan.vae
+        lat = lat_BCFHW.to(vae.dtype)
+        lat = lat / self.wan.inv_std.to(lat) + self.wan.mean.to(lat)
+        x = vae.post_quant_conv(lat)  # 1x1x1 conv: frame-wise, so chunking does not change it
+        outs = []
+        for i in range(x.shape[2]):
+            idx = [0]
+            outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self.feat_map, feat_idx=idx,
+                                    first_chunk=self.first))
+            self.first = False
+        return torch.cat(outs, dim=2).clamp(-1.0, 1.0).float()

@@ -1,0 +1,164 @@
+"""The `framecast` command line: generate, info, eval (and the commands other modules add).
+
+Errors in user input print one line (`framecast: error: ...`) and exit 2 without a traceback and
+without touching the output path.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+from typing import Optional, Sequence
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt",
+                       description="Generate a video. Trailing KEY=VALUE items override config fields "
+                                   "(e.g. sampler.steps=20 video.height=64); see configs/*.yaml.")
+    p.add_argument("prompt", help="text prompt (the tiny presets understand the built-in world's vocabulary)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, help="video length in seconds (at video.fps)")
+    length.add_argument("--frames", type=int, help="video length in frames")
+    p.add_argument("--out", required=True, help="output: NAME.mp4, or DIR/ for numbered PNG frames")
+    p.add_argument("--preset", default=None,
+                   help="config preset (default: tiny; wan2.1-t2v-1.3b with --checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="local folder in diffusers' Wan layout "
+                   "(model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
+    p.add_argument("--negative-prompt", default=None, help="prompt for the unconditional CFG branch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--schedule", choices=("full", "dualparal"), default=None,
+                   help="full: whole clip at one noise level; dualparal: staggered frame blocks")
+    p.add_argument("--workers", type=int, default=None, help="DualParal pipeline stages W (layer shards)")
+    p.add_argument("--launcher", choices=("local", "torchrun", "ray"), default=None,
+                   help="how DualParal workers run (local needs --workers 1)")
+    p.add_argument("--block-frames", type=int, default=None, help="DualParal N: latent frames per block")
+    p.add_argument("--context-frames", type=int, default=None,
+                   help="DualParal C: latent frames of left context from the older neighbour (<= N)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps T (sampler.steps)")
+    p.add_argument("--ray-address", default=None, help="join a running Ray cluster ('auto') instead of "
+                   "starting a local one")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted DualParal run from its resume record")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides in dotlist form")
+
+
+def generate_overrides(args) -> list[str]:
+    """Flags are shorthands for config fields; explicit KEY=VALUE items come last and win."""
+    flags = {"schedule.name": args.schedule, "parallel.workers": args.workers,
+             "parallel.launcher": args.launcher, "schedule.block_frames": args.block_frames,
+             "schedule.context_frames": args.context_frames, "sampler.steps": args.steps,
+             "parallel.ray_address": args.ray_address}
+    return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+
+
+def cmd_generate(args) -> int:
+    from framecast.config import load_config
+    from framecast.engine.engine import Engine
+
+    overrides = generate_overrides(args)
+    preset = args.preset or ("wan2.1-t2v-1.3b" if args.checkpoint else "tiny")
+    engine = Engine(load_config(preset, overrides), checkpoint=args.checkpoint, user_overrides=overrides)
+    start = time.perf_counter()
+    kwargs = dict(frames=args.frames, seconds=args.seconds, seed=args.seed,
+                  negative_prompt=args.negative_prompt, overwrite=args.overwrite, progress=not args.quiet)
+    if args.resume:
+        kwargs["resume"] = True
+    path = engine.generate(args.prompt, out=args.out, **kwargs)
+    wall = time.perf_counter() - start
+    req = engine.last_request
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"framecast: wrote {req.frames} frames ({req.seconds:.1f} s at {req.fps} fps, "
+          f"{req.width}x{req.height}) in {wall:.1f} s, peak RSS {rss_mb:.0f} MB -> {path}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import importlib.util
+    import platform
+
+    import torch
+
+    from framecast import __version__
+    from framecast.config import presets
+    from framecast.models.attention import available_backends
+
+    print(f"framecast {__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        print(f"device: cuda x{torch.cuda.device_count()} ({names})")
+    else:
+        print(f"device: cpu ({torch.get_num_threads()} threads); no CUDA")
+    for name, status in available_backends().items():
+        print(f"attention backend {name}: {'available' if status == 'yes' else 'unavailable: ' + status}")
+    ray = importlib.util.find_spec("ray")
+    if ray is None:
+        print("ray: not installed (pip install 'framecast[ray]')")
+    else:
+        import ray as ray_mod
+        print(f"ray: importable ({ray_mod.__version__})")
+    print(f"presets: {', '.join(presets())}")
+    return 0
+
+
+def _add_info(sub) -> None:
+    sub.add_parser("info", help="show versions, device, attention backends and Ray")
+
+
+def _add_eval(sub) -> None:
+    from framecast.world.evaluate import add_eval_arguments
+
+    p = sub.add_parser("eval", help="measure a built-in-world video with the world's metrics")
+    add_eval_arguments(p)
+
+
+def cmd_eval(args) -> int:
+    from framecast.world.evaluate import run_eval
+    return run_eval(args)
+
+
+COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
+            "eval": (_add_eval, cmd_eval)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framecast", description="Long-video generation with video DiTs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, _) in COMMANDS.items():
+        add(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type, ...]:
+    from framecast.config import ConfigError
+    from framecast.engine.request import RequestError
+    from framecast.engine.wan_checkpoint import CheckpointError
+
+    return (ConfigError, RequestError, CheckpointError, FileExistsError, FileNotFoundError,
+            PermissionError, NotADirectoryError, IsADirectoryError, ValueError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="framecast: %(message)s")
+    warnings.showwarning = lambda msg, cat, *a, **k: print(f"framecast: warning: {msg}", file=sys.stderr)
+    try:
+        return COMMANDS[args.command][1](args)
+    except _user_errors() as e:
+        if os.environ.get("FRAMECAST_DEBUG"):
+            raise
+        print(f"framecast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("framecast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
