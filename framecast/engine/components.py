@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,16 +19,6 @@ from framecast.engine.wan_checkpoint import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass
-class Components:
-    model: Any  # WanModel (eval mode, on device)
-    text: Any  # .encode(list[str]) -> [B, S, text_dim]
-    vae: Any  # IdentityVAE | WanVAE
-    make_sampler: Callable[[], Any]  # a fresh sampler with timesteps set (one per block)
-    device: torch.device
-    dtype: torch.dtype
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,37 +129,57 @@ def load_builtin(name: str, cfg: Config):
     return model, text
 
 
-def build_components(cfg: Config, checkpoint: str | Path | None = None) -> Components:
-    from framecast.engine.text import BuiltinTextEncoder, UMT5TextEncoder
-    from framecast.engine.vae import IdentityVAE, WanVAE
-    from framecast.schedulers.flow import make_sampler
-
+def build_model(cfg: Config, checkpoint: str | Path | None = None):
+    """The transformer on cfg.device in cfg.model.dtype (eval mode)."""
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
     if checkpoint is not None:
         from framecast.engine.wan_checkpoint import load_wan_transformer
 
-        folder = Path(checkpoint)
-        model = load_wan_transformer(folder / "transformer", dtype=torch.float32)
-        text = UMT5TextEncoder(folder, max_length=cfg.text.max_length, device=device)
-        vae = WanVAE(folder / "vae", device=device)
+        model = load_wan_transformer(Path(checkpoint) / "transformer", dtype=torch.float32)
+    elif cfg.model.weights.startswith("builtin:"):
+        model, _ = load_builtin(cfg.model.weights.split(":", 1)[1], cfg)
+    elif cfg.model.weights:
+        raise ConfigError(f"model.weights={cfg.model.weights!r}: use builtin:NAME, or --checkpoint DIR for a folder")
     else:
-        weights = cfg.model.weights
-        if weights.startswith("builtin:"):
-            model, text = load_builtin(weights.split(":", 1)[1], cfg)
-        elif weights:
-            raise ConfigError(f"model.weights={weights!r}: use builtin:NAME, or --checkpoint DIR for a folder")
-        else:
-            model = _random_model(cfg)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.model.init_seed + 1)
-                text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
-        if cfg.text.kind != "builtin" or cfg.vae.kind != "identity":
-            raise ConfigError("without --checkpoint only text.kind=builtin and vae.kind=identity are available "
-                              "(the UMT5 encoder and the Wan VAE load from a checkpoint folder)")
-        text = text.to(device).eval()
-        vae = IdentityVAE()
-    model = (model.cast(dtype) if dtype != torch.float32 else model).to(device).eval()
+        model = _random_model(cfg)
+    model = model.cast(dtype) if dtype != torch.float32 else model
+    return model.to(device).eval()
+
+
+def build_text(cfg: Config, checkpoint: str | Path | None = None):
+    """The text encoder: `.encode(list[str]) -> [B, S, text_dim]`."""
+    from framecast.engine.text import BuiltinTextEncoder, UMT5TextEncoder
+
+    device = resolve_device(cfg.device)
+    if checkpoint is not None:
+        return UMT5TextEncoder(checkpoint, max_length=cfg.text.max_length, device=device)
+    if cfg.text.kind != "builtin":
+        raise ConfigError("text.kind=umt5 loads from a checkpoint folder: pass --checkpoint DIR "
+                          "(without one only text.kind=builtin is available)")
+    if cfg.model.weights.startswith("builtin:"):
+        _, text = load_builtin(cfg.model.weights.split(":", 1)[1], cfg)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.model.init_seed + 1)
+            text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
+    return text.to(device).eval()
+
+
+def build_vae(cfg: Config, checkpoint: str | Path | None = None):
+    from framecast.engine.vae import IdentityVAE, WanVAE
+
+    if checkpoint is not None:
+        return WanVAE(Path(checkpoint) / "vae", device=resolve_device(cfg.device))
+    if cfg.vae.kind != "identity":
+        raise ConfigError("vae.kind=wan loads from a checkpoint folder: pass --checkpoint DIR "
+                          "(without one only vae.kind=identity is available)")
+    return IdentityVAE()
+
+
+def sampler_factory(cfg: Config) -> Callable[[], Any]:
+    """A function returning a fresh sampler with cfg.sampler.steps timesteps set (one per block)."""
+    from framecast.schedulers.flow import make_sampler
+
     proto = make_sampler(cfg.sampler.name, shift=cfg.sampler.shift)
     proto.set_timesteps(cfg.sampler.steps)
-    return Components(model=model, text=text, vae=vae, make_sampler=lambda: copy.deepcopy(proto),
-                      device=device, dtype=dtype)
+    return lambda: copy.deepcopy(proto)

@@ -35,7 +35,7 @@ class Engine:
 
             keep = {o.split("=", 1)[0].split(".", 1)[1] for o in user_overrides if o.startswith("sampler.")}
             apply_checkpoint_config(cfg, inspect_checkpoint(self.checkpoint), keep)
-        self._parts = None
+        self._parts: dict = {}
         self.last_request: Optional[Request] = None
 
     @classmethod
@@ -47,13 +47,40 @@ class Engine:
                         preset: str = "wan2.1-t2v-1.3b") -> "Engine":
         return cls(load_config(preset, overrides), checkpoint=folder, user_overrides=overrides)
 
-    @property
-    def parts(self):
-        if self._parts is None:
-            from framecast.engine.components import build_components
+    # Components load on first use, each on its own: a DualParal driver needs only the VAE.
+    def _part(self, name: str, build):
+        if name not in self._parts:
+            self._parts[name] = build(self.cfg, self.checkpoint)
+        return self._parts[name]
 
-            self._parts = build_components(self.cfg, self.checkpoint)
-        return self._parts
+    @property
+    def model(self):
+        from framecast.engine.components import build_model
+        return self._part("model", build_model)
+
+    @property
+    def text(self):
+        from framecast.engine.components import build_text
+        return self._part("text", build_text)
+
+    @property
+    def vae(self):
+        from framecast.engine.components import build_vae
+        return self._part("vae", build_vae)
+
+    def make_sampler(self):
+        from framecast.engine.components import sampler_factory
+        return self._part("sampler", lambda cfg, ckpt: sampler_factory(cfg))()
+
+    @property
+    def device(self) -> torch.device:
+        from framecast.engine.components import resolve_device
+        return resolve_device(self.cfg.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        from framecast.engine.components import DTYPES
+        return DTYPES[self.cfg.model.dtype]
 
     def request(self, prompt, **kwargs) -> Request:
         return make_request(self.cfg, prompt, **kwargs)
@@ -66,29 +93,32 @@ class Engine:
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         return self._stream(req, progress)
 
-    def _stream(self, req: Request, progress: bool) -> Iterator[np.ndarray]:
+    def _stream(self, req: Request, progress: bool, record=None) -> Iterator[np.ndarray]:
         from framecast.engine.video_io import to_uint8
 
-        decoder = self.parts.vae.decoder()
-        for lat in self._latent_blocks(req, progress):
+        decoder = self.vae.decoder()
+        for lat in self._latent_blocks(req, progress, record):
             video = decoder.decode(lat)[0]  # (3, f, H, W)
             yield from to_uint8(video)
 
     def _conditioning(self, req: Request):
         from framecast.engine.denoise import Denoiser
 
-        p = self.parts
+        text, uncond = self.encode_prompt(req)
+        return Denoiser(self.model, text, uncond, self.cfg.sampler.guidance_scale, self.dtype, self.device)
+
+    def encode_prompt(self, req: Request) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(cond [1, S, text_dim], uncond or None when CFG is off)."""
         guided = self.cfg.sampler.guidance_scale > 1.0
         prompts = [req.prompt, req.negative_prompt] if guided else [req.prompt]
-        text = p.text.encode(prompts)
-        uncond = text[1:] if guided else None
-        return Denoiser(p.model, text[:1], uncond, self.cfg.sampler.guidance_scale, p.dtype, p.device)
+        text = self.text.encode(prompts)
+        return text[:1], (text[1:] if guided else None)
 
     def initial_latents(self, req: Request) -> torch.Tensor:
         shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)
         return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
 
-    def _latent_blocks(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
+    def _latent_blocks(self, req: Request, progress: bool, record=None) -> Iterator[torch.Tensor]:
         """Finished latents [1, C, f, h, w], oldest first, as the schedule releases them."""
         name = self.cfg.schedule.name
         if name == "full":
@@ -96,14 +126,14 @@ class Engine:
         else:
             from framecast.launch.executors import run_schedule
 
-            yield from run_schedule(self, req, progress)
+            yield from run_schedule(self, req, progress, record)
 
     def _full(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
         from framecast.schedulers.full import denoise_full
 
         denoise = self._conditioning(req)
-        sampler = self.parts.make_sampler()
-        lat = self.initial_latents(req).to(self.parts.device)
+        sampler = self.make_sampler()
+        lat = self.initial_latents(req).to(self.device)
         with tqdm(total=self.cfg.sampler.steps, desc="denoise", unit="step", disable=not progress) as bar:
             lat = denoise_full(denoise, lat, sampler, on_step=lambda i: bar.update())
         for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
@@ -119,20 +149,29 @@ class Engine:
 
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         self.last_request = req
-        if resume:
-            from framecast.launch.resume import generate_resumed
+        record = None
+        if self.cfg.schedule.name == "dualparal":
+            from framecast.launch.resume import ResumeRecord
 
-            return generate_resumed(self, req, out, progress=progress)
-        writer = open_video_writer(out, fps=req.fps, overwrite=overwrite)
+            record = ResumeRecord.for_request(self, req, out)
+            if resume:
+                record.check()
+        elif resume:
+            raise ValueError("--resume needs schedule.name=dualparal (the full schedule has no resume points)")
+        writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume)
+        if record is not None and not resume:
+            record.create()
         try:
             with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
-                for frame in self._stream(req, progress):
+                for frame in self._stream(req, progress, record):
                     writer.write(frame)
                     bar.update()
         except BaseException:
             writer.abort()
             raise
         writer.close()
+        if record is not None:
+            record.remove()
         if writer.frames_written != req.frames:
             raise RuntimeError(f"wrote {writer.frames_written} frames, expected {req.frames}")
         return Path(writer.path)

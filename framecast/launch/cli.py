@@ -63,7 +63,12 @@ def cmd_generate(args) -> int:
 
     overrides = generate_overrides(args)
     preset = args.preset or ("wan2.1-t2v-1.3b" if args.checkpoint else "tiny")
-    engine = Engine(load_config(preset, overrides), checkpoint=args.checkpoint, user_overrides=overrides)
+    cfg = load_config(preset, overrides)
+    if cfg.parallel.launcher == "torchrun" and "LOCAL_RANK" not in os.environ:
+        from framecast.launch.torchrun import spawn  # start the torchrun job ourselves (one node)
+
+        return spawn(["generate", *args.argv], cfg.parallel.workers)
+    engine = Engine(cfg, checkpoint=args.checkpoint, user_overrides=overrides)
     start = time.perf_counter()
     kwargs = dict(frames=args.frames, seconds=args.seconds, seed=args.seed,
                   negative_prompt=args.negative_prompt, overwrite=args.overwrite, progress=not args.quiet)
@@ -144,8 +149,12 @@ def _user_errors() -> tuple[type, ...]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from framecast.parallel.ring import WorkerLost
+
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_intermixed_args(argv)
+    args.argv = argv[1:]  # without the command name
     logging.basicConfig(level=logging.WARNING, format="framecast: %(message)s")
     warnings.showwarning = lambda msg, cat, *a, **k: print(f"framecast: warning: {msg}", file=sys.stderr)
     try:
@@ -155,6 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"framecast: error: {e}", file=sys.stderr)
         return 2
+    except WorkerLost as e:
+        print(f"framecast: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("framecast: interrupted", file=sys.stderr)
         return 130

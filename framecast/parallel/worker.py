@@ -1,0 +1,226 @@
+"""A DualParal worker: one pipeline stage on one device, the same code in-process (W=1), as a
+torchrun rank, or as a Ray actor. Executors reach it only through method calls by name
+(`collective_rpc`): `setup(request)`, `run_ticks(start, stop)`, `state()`, `load_state(state)`.
+
+Rank 0 owns the latents, one sampler per live block and the coordinated noise pool; it embeds,
+runs its layers and sends hidden states on; the last rank runs the head, combines CFG and sends the
+velocity back to rank 0. Every rank replays the same plan, so messages carry activations only.
+
+Ordering (DualParal §2.4): inside a tick blocks go newest first. A block-pass for block k at tick i
+reads block k and its older neighbour k-1 as they were after tick i-1; rank 0 applies each arriving
+velocity at once, which is safe because nothing later in the tick reads block k again. Before
+computing block k it waits only for the velocities of blocks k and k-1 from the previous tick, so
+the pipeline does not drain between ticks. Each `run_ticks` call ends drained (all velocities
+applied), which is what makes its state a resume point.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from framecast.config import Config
+from framecast.engine.request import Request
+
+
+class DualParalWorker:
+    def __init__(self, cfg: Config, checkpoint: Optional[str], rank: int, world: int,
+                 init_method: Optional[str] = None, threads: Optional[int] = None):
+        from framecast.engine.components import DTYPES, build_model, resolve_device, sampler_factory
+        from framecast.parallel.stage import StageRunner, prune_blocks, split_layers
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg, self.checkpoint, self.rank, self.world = cfg, checkpoint, rank, world
+        if cfg.model.patch_size[0] != 1:
+            raise ValueError(f"schedule.name=dualparal needs model.patch_size[0] == 1, got {cfg.model.patch_size}")
+        self.device = resolve_device(cfg.device)
+        if world > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            kwargs = {"init_method": init_method} if init_method else {}
+            dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+        self.layers = split_layers(cfg.model.num_layers, world, list(cfg.parallel.layer_split))[rank]
+        model = build_model(cfg, checkpoint)
+        prune_blocks(model, self.layers)
+        self.model, self.dtype = model, DTYPES[cfg.model.dtype]
+        self.stage = StageRunner(model, self.layers, first=rank == 0, last=rank == world - 1)
+        self.make_sampler = sampler_factory(cfg)
+        self.timesteps = self.make_sampler().timesteps
+        self.ring = None
+        if world > 1:
+            from framecast.parallel.ring import Ring
+            self.ring = Ring(rank, world, self.device)
+
+    def info(self) -> dict:
+        import socket
+        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
+                "layers": [self.layers.start, self.layers.stop], "device": str(self.device)}
+
+    # ------------------------------------------------------------------------------- setup
+    def setup(self, req: Request) -> dict:
+        """Encode the prompt (rank 0) and share it; build the plan and the noise pool."""
+        from framecast.engine.components import build_text
+        from framecast.parallel.noise import NoisePool
+        from framecast.schedulers.dualparal import make_plan
+
+        cfg = self.cfg
+        s = cfg.schedule
+        self.req = req
+        self.plan = make_plan(req.latent_frames, s.block_frames, s.context_frames, cfg.sampler.steps)
+        self.guided = cfg.sampler.guidance_scale > 1.0
+        batch = 2 if self.guided else 1
+        shape = (batch, cfg.text.max_length, cfg.model.text_dim)
+        if self.rank == 0:
+            prompts = [req.prompt, req.negative_prompt] if self.guided else [req.prompt]
+            text = build_text(cfg, self.checkpoint).encode(prompts).to(self.device, self.dtype)
+            shape = tuple(text.shape)
+        if self.world > 1:  # text length can differ from the config (tokenizer): share the shape first
+            meta = torch.tensor(shape if self.rank == 0 else (0, 0, 0), dtype=torch.long)
+            dist.broadcast(meta, 0)
+            if self.rank != 0:
+                text = torch.empty(tuple(meta.tolist()), dtype=self.dtype, device=self.device)
+            dist.broadcast(text, 0)
+        self.text = text
+        self.frame_shape = (cfg.model.in_channels, req.latent_height, req.latent_width)
+        self.noise = NoisePool(req.seed, s.block_frames, s.context_frames, self.frame_shape)
+        self.lat: dict[int, torch.Tensor] = {}
+        self.samplers: dict = {}
+        self.next_tick = 0
+        self.finished_count = 0
+        return {"ticks": len(self.plan.ticks), "blocks": len(self.plan.blocks)}
+
+    # ------------------------------------------------------------------------------ helpers
+    def _window(self, item) -> tuple[int, int]:
+        ctx = item.context
+        c = ctx.stop - ctx.start
+        return c, item.block.stop - item.block.start
+
+    def _inputs(self, item) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_BCFHW, t_BF) for this block-pass; zeros as latents on stages other than the first."""
+        c, n = self._window(item)
+        batch = 2 if self.guided else 1
+        if self.rank == 0:
+            k = item.block.index
+            own = self.lat[k]
+            lat = torch.cat([self.lat[k - 1][:, :, -c:], own], dim=2) if c else own
+            x = lat.to(self.device, self.dtype).expand(batch, -1, -1, -1, -1)
+        else:
+            x = torch.zeros((batch, *self.frame_shape[:1], c + n, *self.frame_shape[1:]),
+                            device=self.device, dtype=self.dtype)
+        t = self.timesteps[item.step].to(self.device)
+        return x, t.expand(batch, c + n)
+
+    def _run(self, item, x_BLD=None) -> torch.Tensor:
+        x, t = self._inputs(item)
+        c, _ = self._window(item)
+        return self.stage.run(x, t, self.text, context_frames=c, keep_frames=item.keep_kv,
+                              use_cache=item.use_kv, x_BLD=x_BLD)
+
+    def _velocity(self, out_BCFHW: torch.Tensor, item) -> torch.Tensor:
+        c, _ = self._window(item)
+        if self.guided:
+            cond, uncond = out_BCFHW.chunk(2)
+            out_BCFHW = uncond + self.cfg.sampler.guidance_scale * (cond - uncond)
+        return out_BCFHW[:, :, c:]
+
+    def _start_block(self, item) -> None:
+        b = item.block
+        if item.step == 0 and b.index not in self.lat:
+            noise_FCHW = self.noise.block_noise(b.index, b.stop - b.start)
+            self.lat[b.index] = noise_FCHW.permute(1, 0, 2, 3)[None].contiguous()  # (1, C, n, h, w)
+            self.samplers[b.index] = self.make_sampler()
+
+    def _apply(self, item, v: torch.Tensor, finished: list) -> None:
+        k = item.block.index
+        self.lat[k] = self.samplers[k].step(v.to(self.lat[k].device), self.timesteps[item.step], self.lat[k])
+        if item.step == len(self.timesteps) - 1:
+            finished.append((k, item.block.start, item.block.stop, self.lat[k].float().cpu()))
+            self.finished_count += 1
+            del self.samplers[k]
+            self.lat.pop(k - 1, None)  # block k no longer needs its context
+            if k == len(self.plan.blocks) - 1:
+                self.lat.pop(k, None)
+
+    # ------------------------------------------------------------------------------- the loop
+    @torch.no_grad()
+    def run_ticks(self, start: int, stop: int) -> list:
+        """Run ticks [start, stop). Rank 0 returns the blocks finished in them as
+        (index, first latent frame, stop, latents [1, C, n, h, w] fp32 CPU); other ranks []."""
+        if start != self.next_tick:
+            raise RuntimeError(f"run_ticks({start}, {stop}) out of order; next tick is {self.next_tick}")
+        items = [it for tick in self.plan.ticks[start:stop] for it in tick.items]
+        out = self._run_rank0(items) if self.rank == 0 else self._run_stage(items)
+        self.next_tick = stop
+        return out
+
+    def _run_rank0(self, items) -> list:
+        finished: list = []
+        if self.world == 1:
+            for item in items:
+                self._start_block(item)
+                self._apply(item, self._velocity(self._run(item), item), finished)
+            return finished
+        pending: collections.deque = collections.deque()  # (item, receive) in send order
+        sends: collections.deque = collections.deque()
+        for item in items:
+            k = item.block.index
+            # wait for the previous tick's updates of block k and its context neighbour k-1
+            while any(p[0].block.index in (k, k - 1) for p in pending):
+                done, recv = pending.popleft()
+                self._apply(done, recv.wait(), finished)
+            self._start_block(item)
+            sends.append(self.ring.send(self._run(item)))
+            while len(sends) > 2:  # bound the activations in flight
+                sends.popleft().wait()
+            c, n = self._window(item)
+            shape = (1, self.cfg.model.out_channels, n, *self.frame_shape[1:])
+            pending.append((item, self.ring.recv(shape, self.dtype)))
+        while pending:
+            done, recv = pending.popleft()
+            self._apply(done, recv.wait(), finished)
+        for s in sends:
+            s.wait()
+        return finished
+
+    def _run_stage(self, items) -> list:
+        batch = 2 if self.guided else 1
+        dim = self.cfg.model.num_attention_heads * self.cfg.model.attention_head_dim
+        tokens_per_frame = self.frame_shape[1] * self.frame_shape[2] // (
+            self.cfg.model.patch_size[1] * self.cfg.model.patch_size[2])
+
+        def post(item):
+            c, n = self._window(item)
+            return self.ring.recv((batch, (c + n) * tokens_per_frame, dim), self.dtype)
+
+        sends: collections.deque = collections.deque()
+        recv = post(items[0]) if items else None
+        for i, item in enumerate(items):
+            nxt = post(items[i + 1]) if i + 1 < len(items) else None  # receive posted ahead
+            out = self._run(item, x_BLD=recv.wait())
+            sends.append(self.ring.send(self._velocity(out, item) if self.stage.last else out))
+            while len(sends) > 2:  # bound the activations in flight
+                sends.popleft().wait()
+            recv = nxt
+        for s in sends:
+            s.wait()
+        return []
+
+    # ------------------------------------------------------------------------------ resume
+    def state(self) -> dict:
+        """Rank 0's resume point (valid between run_ticks calls): tick, live latents, samplers."""
+        return {"next_tick": self.next_tick, "finished": self.finished_count,
+                "lat": {k: v.cpu() for k, v in self.lat.items()}, "samplers": dict(self.samplers)}
+
+    def load_state(self, state: dict) -> None:
+        self.next_tick = state["next_tick"]
+        self.finished_count = state["finished"]
+        if self.rank == 0:
+            self.lat = {k: v.to(self.device) for k, v in state["lat"].items()}
+            self.samplers = dict(state["samplers"])
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
