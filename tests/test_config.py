@@ -1,0 +1,46 @@
+import pytest
+
+from framecast.config import ConfigError, load_config, presets
+
+
+def test_presets_ship():
+    assert {"tiny", "wan2.1-t2v-1.3b"} <= set(presets())
+
+
+def test_wan_preset_matches_the_real_model():
+    cfg = load_config("wan2.1-t2v-1.3b")
+    m = cfg.model
+    assert (m.num_attention_heads, m.attention_head_dim, m.ffn_dim, m.num_layers, m.text_dim) == (12, 128, 8960, 30, 4096)
+    assert (cfg.sampler.name, cfg.sampler.steps, cfg.sampler.shift, cfg.sampler.guidance_scale) == ("unipc", 50, 3.0, 5.0)
+    assert (cfg.video.height, cfg.video.width, cfg.video.frames, cfg.video.fps) == (480, 832, 81, 16)
+
+
+def test_overrides_apply_in_order():
+    cfg = load_config("tiny", ["sampler.steps=20", "video.fps=12", "sampler.steps=7", "model.patch_size=[1,2,2]"])
+    assert cfg.sampler.steps == 7 and cfg.video.fps == 12 and cfg.model.patch_size == [1, 2, 2]
+    assert cfg.preset == "tiny"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("sampler.stepz=3", "unknown key 'sampler.stepz'; allowed keys in sampler: name, steps"),
+    ("bogus=1", "unknown key 'bogus'"),
+    ("sampler.steps=abc", "bad value for 'sampler.steps'"),
+    ("sampler.steps=0", "sampler.steps=0 is out of range; must be >= 1"),
+    ("sampler.name=ddim", "choose one of: unipc, euler"),
+    ("schedule.name=fifo", "choose one of: full, dualparal"),
+    ("parallel.launcher=mpi", "choose one of: local, torchrun, ray"),
+    ("schedule.context_frames=9", "must be <= schedule.block_frames"),
+    ("parallel.layer_split=[1,2]", "parallel.layer_split"),
+    ("device=tpu", "device='tpu'"),
+    ("sampler.steps", "not of the form key=value"),
+])
+def test_bad_overrides_fail_with_one_line(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; available: tiny"):
+        load_config("nope")
