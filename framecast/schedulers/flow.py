@@ -16,7 +16,6 @@ Shape legend: lat_* is any latent, typically (B, C, F, H, W); the samplers are s
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -206,6 +205,11 @@ class FlowUniPC(_StepCounter):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
         if solver_type not in ("bh1", "bh2"):
             raise ValueError(f"solver_type must be 'bh1' or 'bh2', got {solver_type!r}")
+        if not lower_order_final and solver_order > 1:
+            # The final jump to σ = 0 has λ = +inf, so every r_k is 0 and a multistep update
+            # divides by it: diffusers returns inf/NaN there (or a singular solve for order 3).
+            raise ValueError(f"lower_order_final=False with solver_order={solver_order} is not supported: "
+                             "the last step to sigma 0 is non-finite (it is in diffusers too)")
         self.solver_order = int(solver_order)
         self.solver_type = solver_type
         self.lower_order_final = bool(lower_order_final)
@@ -376,6 +380,9 @@ def sampler_from_diffusers_config(cfg: dict):
         raise ValueError(f"{cls}: solver_order={order!r} is not supported (1, 2 or 3)")
     if solver_type not in ("bh1", "bh2"):
         raise ValueError(f"{cls}: solver_type={solver_type!r} is not supported (bh1 or bh2)")
+    if not cfg.get("lower_order_final", True) and order > 1:
+        raise ValueError(f"{cls}: lower_order_final=False is not supported with solver_order={order} "
+                         "(the last step to sigma 0 is non-finite)")
     return FlowUniPC(shift=float(cfg.get("flow_shift", 1.0)), num_train_timesteps=n, solver_order=order,
                      solver_type=solver_type, lower_order_final=bool(cfg.get("lower_order_final", True)),
                      disable_corrector=cfg.get("disable_corrector") or ())
