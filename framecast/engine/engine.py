@@ -93,11 +93,13 @@ class Engine:
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         return self._stream(req, progress)
 
-    def _stream(self, req: Request, progress: bool, record=None) -> Iterator[np.ndarray]:
+    def _stream(self, req: Request, progress: bool, record=None, sink=None) -> Iterator[np.ndarray]:
         from framecast.engine.video_io import to_uint8
 
         decoder = self.vae.decoder()
         for lat in self._latent_blocks(req, progress, record):
+            if sink is not None:
+                sink.append(lat.float().cpu())
             video = decoder.decode(lat)[0]  # (3, f, H, W)
             yield from to_uint8(video)
 
@@ -143,8 +145,11 @@ class Engine:
     def generate(self, prompt, *, out: str | os.PathLike, frames: Optional[int] = None,
                  seconds: Optional[float] = None, seed: Optional[int] = None,
                  negative_prompt: Optional[str] = None, overwrite: bool = False,
-                 progress: bool = False, resume: bool = False) -> Path:
-        """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path."""
+                 progress: bool = False, resume: bool = False,
+                 latents_out: str | os.PathLike | None = None) -> Path:
+        """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path.
+        `latents_out`: also save the final latents [1, C, F, h, w] there (torch.save; for checks —
+        it holds the whole video's latents in memory)."""
         from framecast.engine.video_io import open_video_writer
 
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
@@ -161,9 +166,10 @@ class Engine:
         writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume)
         if record is not None and not resume:
             record.create()
+        sink = [] if latents_out is not None else None
         try:
             with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
-                for frame in self._stream(req, progress, record):
+                for frame in self._stream(req, progress, record, sink):
                     writer.write(frame)
                     bar.update()
         except BaseException:
@@ -172,6 +178,8 @@ class Engine:
         writer.close()
         if record is not None:
             record.remove()
+        if sink is not None:
+            torch.save(torch.cat(sink, dim=2), latents_out)
         if writer.frames_written != req.frames:
             raise RuntimeError(f"wrote {writer.frames_written} frames, expected {req.frames}")
         return Path(writer.path)

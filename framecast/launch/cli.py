@@ -45,6 +45,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted DualParal run from its resume record")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--latents-out", default=None,
+                   help="also save the final latents (torch.save) to this file, for comparisons")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides in dotlist form")
 
 
@@ -74,6 +76,8 @@ def cmd_generate(args) -> int:
                   negative_prompt=args.negative_prompt, overwrite=args.overwrite, progress=not args.quiet)
     if args.resume:
         kwargs["resume"] = True
+    if args.latents_out:
+        kwargs["latents_out"] = args.latents_out
     path = engine.generate(args.prompt, out=args.out, **kwargs)
     wall = time.perf_counter() - start
     req = engine.last_request
