@@ -8,6 +8,7 @@ second with `WorkerLost` naming the worker.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -71,6 +72,10 @@ class RayExecutor:
                               runtime_env={"env_vars": env}).remote()
             for r in range(world)]
         self.nodes = self._gather([a.node.remote() for a in self.actors])
+        placed = len({n["node_id"] for n in self.nodes})
+        print(f"framecast: ray: {world} workers on {placed} node{'s' if placed > 1 else ''} "
+              f"({cfg.parallel.placement}; ips {', '.join(n['ip'] for n in self.nodes)}; "
+              f"pids {', '.join(str(n['pid']) for n in self.nodes)})", file=sys.stderr)
         addr, port = self._gather([self.actors[0].address_and_port.remote()])[0]
         self._gather([a.init.remote(cfg, checkpoint, r, world, f"tcp://{addr}:{port}")
                       for r, a in enumerate(self.actors)])

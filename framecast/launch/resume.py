@@ -6,6 +6,7 @@ result is identical to an uninterrupted run. The record is removed when the vide
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from framecast.config import to_yaml
+from framecast.config import ParallelConfig, to_yaml
 
 
 def record_dir(out) -> Path:
@@ -35,7 +36,8 @@ class ResumeRecord:
 
     @classmethod
     def for_request(cls, engine, req, out) -> "ResumeRecord":
-        identity = {"request": dict(req.__dict__), "config": to_yaml(engine.cfg),
+        cfg = dataclasses.replace(engine.cfg, parallel=ParallelConfig())  # any W/launcher may resume
+        identity = {"request": dict(req.__dict__), "config": to_yaml(cfg),
                     "checkpoint": str(engine.checkpoint) if engine.checkpoint else None}
         return cls(out, identity)
 

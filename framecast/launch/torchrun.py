@@ -28,6 +28,10 @@ class TorchrunExecutor:
             raise ValueError(f"parallel.workers={cfg.parallel.workers} but torchrun started {world} ranks")
         _broadcast(("init", (cfg, checkpoint)))
         self.worker = DualParalWorker(cfg, checkpoint, rank=rank, world=world)
+        infos = [None] * world
+        dist.all_gather_object(infos, self.worker.info())
+        print(f"framecast: torchrun: {world} workers (pids {', '.join(str(i['pid']) for i in infos)})",
+              file=sys.stderr, flush=True)
 
     def collective_rpc(self, method: str, *args) -> list:
         _broadcast((method, args))
@@ -55,6 +59,7 @@ def follow() -> None:
         if method == "init":
             cfg, checkpoint = args
             worker = DualParalWorker(cfg, checkpoint, rank=dist.get_rank(), world=dist.get_world_size())
+            dist.all_gather_object([None] * dist.get_world_size(), worker.info())
         else:
             getattr(worker, method)(*args)
 
