@@ -207,6 +207,9 @@ def validate(cfg: Config) -> None:
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:
             raise ConfigError(f"parallel.layer_split={split} must list {cfg.parallel.workers} positive "
                               f"layer counts summing to model.num_layers={m.num_layers}")
+    if cfg.schedule.name == "dualparal" and cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
+        raise ConfigError(f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
+                          f"(use parallel.launcher=torchrun or ray for more)")
     if cfg.parallel.workers > m.num_layers:
         raise ConfigError(f"parallel.workers={cfg.parallel.workers} must be <= model.num_layers={m.num_layers}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
