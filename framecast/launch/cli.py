@@ -120,10 +120,12 @@ def _add_info(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    from framecast.world.evaluate import add_eval_arguments
-
     p = sub.add_parser("eval", help="measure a built-in-world video with the world's metrics")
-    add_eval_arguments(p)
+    p.add_argument("video", help="an mp4 or a folder of PNG frames")
+    p.add_argument("--prompt", default=None, help="the prompt it was made from (prompt adherence)")
+    p.add_argument("--actions", default=None,
+                   help="play videos: action SPEC like right*24,up*12, or a file with one action per line")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
 
 
 def cmd_eval(args) -> int:
@@ -157,7 +159,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_intermixed_args(argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # help, or an error listing the commands
+        return 2
+    # per-command parser: options and KEY=VALUE overrides may be intermixed
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
     args.argv = argv[1:]  # without the command name
     logging.basicConfig(level=logging.WARNING, format="framecast: %(message)s")
     warnings.showwarning = lambda msg, cat, *a, **k: print(f"framecast: warning: {msg}", file=sys.stderr)

@@ -1,0 +1,60 @@
+"""The built-in world's closed caption grammar and vocabulary.
+
+    "a red circle moving right"
+    "a red circle moving right and a blue square moving down"
+
+`tokenize` maps a prompt to ids over `VOCABULARY` ("<pad>" = 0, "</s>" = 1); a word outside the
+vocabulary raises `UnknownWordsError` naming every unknown word (never silently dropped).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+ACTIONS = ("none", "up", "down", "left", "right")
+VOCABULARY = ("<pad>", "</s>", "a", "an", "and", "moving", "the", "player", "white") + COLOURS + SHAPES + DIRECTIONS \
+    + ("none", "still")
+
+
+class UnknownWordsError(ValueError):
+    """A prompt uses words the built-in world does not know."""
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    colour: str
+    shape: str
+    direction: str
+
+
+def words(prompt: str) -> list[str]:
+    return [w for w in re.split(r"[\s,.;!?]+", prompt.lower()) if w]
+
+
+def tokenize(prompt: str, max_len: int = 16) -> list[int]:
+    ws = words(prompt)
+    unknown = sorted({w for w in ws if w not in VOCABULARY}, key=ws.index)
+    if unknown:
+        raise UnknownWordsError(f"the built-in world does not know the word(s) {', '.join(map(repr, unknown))}; "
+                                f"known words: {' '.join(VOCABULARY[2:])}")
+    ids = [VOCABULARY.index(w) for w in ws] + [1]
+    if len(ids) > max_len:
+        raise ValueError(f"prompt has {len(ids) - 1} words; at most {max_len - 1} fit the text encoder")
+    return ids + [0] * (max_len - len(ids))
+
+
+def parse_prompt(prompt: str) -> list[ObjectSpec]:
+    """'a red circle moving right and a blue square moving down' -> [ObjectSpec, ObjectSpec]."""
+    tokenize(prompt, max_len=64)  # unknown words first
+    specs = []
+    for part in " ".join(words(prompt)).split(" and "):
+        m = re.fullmatch(r"(?:a|an|the) (\w+) (\w+) moving (\w+)", part.strip())
+        if not m or m.group(1) not in COLOURS or m.group(2) not in SHAPES or m.group(3) not in DIRECTIONS:
+            raise ValueError(f"cannot parse {part.strip()!r}; expected 'a COLOUR SHAPE moving DIRECTION' "
+                             f"(colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; "
+                             f"directions {', '.join(DIRECTIONS)})")
+        specs.append(ObjectSpec(*m.groups()))
+    return specs
