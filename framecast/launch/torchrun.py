@@ -32,6 +32,8 @@ class TorchrunExecutor:
         dist.all_gather_object(infos, self.worker.info())
         print(f"framecast: torchrun: {world} workers (pids {', '.join(str(i['pid']) for i in infos)})",
               file=sys.stderr, flush=True)
+        # torchrun answers a dead rank by SIGTERM to the others: name the dead one(s) in the error
+        signal.signal(signal.SIGTERM, lambda signum, frame: _raise_lost(infos))
 
     def collective_rpc(self, method: str, *args) -> list:
         _broadcast((method, args))
@@ -80,13 +82,28 @@ def spawn(argv: list[str], workers: int) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _raise_lost(infos: list) -> None:
+    from framecast.parallel.ring import WorkerLost
+
+    host = socket.gethostname()
+    dead = []
+    for i in infos[1:]:
+        if i["host"] != host:
+            continue
+        try:
+            os.kill(i["pid"], 0)
+        except ProcessLookupError:
+            dead.append(i)
+    names = ", ".join(f"rank {i['rank']} (pid {i['pid']})" for i in dead) or "a peer rank (see torchrun's report)"
+    raise WorkerLost(f"DualParal worker {names} died; torchrun stopped the job")
+
+
 def _terminate(signum, frame):
     raise SystemExit(f"framecast: stopped by signal {signum} (a peer rank failed or the job was cancelled)")
 
 
 def main(argv=None) -> int:
     from framecast.launch import cli
-    from framecast.parallel.ring import WorkerLost
 
     argv = list(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _terminate)  # torchrun stops the others when one rank dies
@@ -101,16 +118,13 @@ def main(argv=None) -> int:
         finally:
             dist.destroy_process_group()
         return 0
-    peer_lost = False
-    try:
-        return cli.main(argv + ["--launcher", "torchrun"])
-    except WorkerLost:
-        peer_lost = True
-        raise
-    finally:
-        if not peer_lost and not sys.exc_info()[0]:
-            _broadcast(("exit", ()))
-            dist.destroy_process_group()
+    rc = cli.main(argv + ["--launcher", "torchrun"])
+    if rc != 0:  # peers may be gone or waiting: torchrun stops the rest when rank 0 exits non-zero
+        sys.stderr.flush()
+        os._exit(rc)
+    _broadcast(("exit", ()))
+    dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,11 +21,23 @@ class Ring:
 
     def send(self, tensor: torch.Tensor) -> "Pending":
         tensor = tensor.contiguous()
-        return Pending(dist.isend(tensor, self.next), tensor, self.next, "send to")
+        return Pending(_post(dist.isend, tensor, self.next, "send to"), tensor, self.next, "send to")
 
     def recv(self, shape, dtype) -> "Pending":
         buf = torch.empty(shape, dtype=dtype, device=self.device)
-        return Pending(dist.irecv(buf, self.prev), buf, self.prev, "receive from")
+        return Pending(_post(dist.irecv, buf, self.prev, "receive from"), buf, self.prev, "receive from")
+
+
+def _lost(peer: int, verb: str, e: Exception) -> WorkerLost:
+    return WorkerLost(f"DualParal worker rank {peer} is gone ({verb} rank {peer} failed: "
+                      f"{str(e).splitlines()[0][:160]})")
+
+
+def _post(op, tensor, peer: int, verb: str):
+    try:
+        return op(tensor, peer)
+    except RuntimeError as e:  # gloo refuses to post on a pair whose peer has died
+        raise _lost(peer, verb, e) from None
 
 
 class Pending:
@@ -38,6 +50,5 @@ class Pending:
         try:
             self.work.wait()
         except RuntimeError as e:
-            raise WorkerLost(f"DualParal worker rank {self.peer} is gone ({self.verb} rank {self.peer} failed: "
-                             f"{str(e).splitlines()[0]})") from None
+            raise _lost(self.peer, self.verb, e) from None
         return self.tensor
