@@ -91,6 +91,7 @@ class Engine:
                progress: bool = False) -> Iterator[np.ndarray]:
         """Yield uint8 frames [H, W, 3] as they are decoded."""
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
+        self.check_prompt(req)
         return self._stream(req, progress)
 
     def _stream(self, req: Request, progress: bool, record=None, sink=None) -> Iterator[np.ndarray]:
@@ -102,6 +103,15 @@ class Engine:
                 sink.append(lat.float().cpu())
             video = decoder.decode(lat)[0]  # (3, f, H, W)
             yield from to_uint8(video)
+
+    def check_prompt(self, req: Request) -> None:
+        """Fail before any work on prompts the text encoder cannot take (the built-in encoder's
+        closed vocabulary: unknown words are named)."""
+        if self.checkpoint is None and self.cfg.text.kind == "builtin":
+            from framecast.world.captions import tokenize
+
+            for p in (req.prompt, req.negative_prompt):
+                tokenize(p, max_len=self.cfg.text.max_length)
 
     def _conditioning(self, req: Request):
         from framecast.engine.denoise import Denoiser
@@ -154,6 +164,7 @@ class Engine:
 
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         self.last_request = req
+        self.check_prompt(req)
         record = None
         if self.cfg.schedule.name == "dualparal":
             from framecast.launch.resume import ResumeRecord
@@ -174,6 +185,8 @@ class Engine:
                     bar.update()
         except BaseException:
             writer.abort()
+            if record is not None and not record.has_state():
+                record.remove()  # nothing to resume from
             raise
         writer.close()
         if record is not None:
