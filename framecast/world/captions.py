@@ -5,6 +5,8 @@
 
 `tokenize` maps a prompt to ids over `VOCABULARY` ("<pad>" = 0, "</s>" = 1); a word outside the
 vocabulary raises `UnknownWordsError` naming every unknown word (never silently dropped).
+`parse_prompt` reads the grammar back into `ObjectSpec`s; `caption` writes it. A prompt names at
+most `MAX_OBJECTS` objects, in distinct colours (the metrics find objects by colour).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 ACTIONS = ("none", "up", "down", "left", "right")
+MAX_OBJECTS = 2  # a world clip holds 1-2 shapes; also what fits in 16 tokens (11 words + "</s>")
 VOCABULARY = ("<pad>", "</s>", "a", "an", "and", "moving", "the", "player", "white") + COLOURS + SHAPES + DIRECTIONS \
     + ("none", "still")
 
@@ -57,4 +60,15 @@ def parse_prompt(prompt: str) -> list[ObjectSpec]:
                              f"(colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; "
                              f"directions {', '.join(DIRECTIONS)})")
         specs.append(ObjectSpec(*m.groups()))
+    if len(specs) > MAX_OBJECTS:
+        raise ValueError(f"the prompt names {len(specs)} objects; the built-in world holds at most {MAX_OBJECTS}")
+    colours = [s.colour for s in specs]
+    if len(set(colours)) != len(colours):
+        raise ValueError(f"the prompt names the colour {max(colours, key=colours.count)!r} twice; "
+                         f"objects in one clip have distinct colours")
     return specs
+
+
+def caption(specs: list[ObjectSpec]) -> str:
+    """[ObjectSpec, ...] -> 'a red circle moving right and a blue square moving down'."""
+    return " and ".join(f"a {s.colour} {s.shape} moving {s.direction}" for s in specs)
