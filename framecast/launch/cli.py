@@ -120,12 +120,9 @@ def _add_info(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="measure a built-in-world video with the world's metrics")
-    p.add_argument("video", help="an mp4 or a folder of PNG frames")
-    p.add_argument("--prompt", default=None, help="the prompt it was made from (prompt adherence)")
-    p.add_argument("--actions", default=None,
-                   help="play videos: action SPEC like right*24,up*12, or a file with one action per line")
-    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    from framecast.world.evaluate import add_eval_arguments  # numpy-only: cheap to import
+
+    add_eval_arguments(sub.add_parser("eval", help="measure a built-in-world video with the world's metrics"))
 
 
 def cmd_eval(args) -> int:
