@@ -130,8 +130,20 @@ def cmd_eval(args) -> int:
     return run_eval(args)
 
 
+def _add_play(sub) -> None:
+    from framecast.launch.play import add_play_arguments
+
+    add_play_arguments(sub.add_parser("play", help="play a scripted action sequence with an action-conditioned "
+                                                   "model, frame by frame (Next-Frame Diffusion)"))
+
+
+def cmd_play(args) -> int:
+    from framecast.launch.play import run_play
+    return run_play(args)
+
+
 COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
-            "eval": (_add_eval, cmd_eval)}
+            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,157 @@
+"""`framecast play`: an action-conditioned rollout, frame by frame (NFD), written as it is made.
+
+    framecast play --preset tiny-play --actions none,right*24,up*12 --frames 48 --out play.mp4 \
+        [--seed S] [--speculate K] [KEY=VALUE ...]
+
+`--actions` takes the SPEC of `framecast eval --actions` (ACTION or ACTION*COUNT items, or a file
+with one action per line): actions[f] moves the player INTO frame f, so actions[0] belongs to the
+first frame (normally "none"), and `framecast eval VIDEO --actions SPEC` scores the result. With
+`--frames N` longer than the spec, the last action is held. Output is NAME.mp4 or DIR/ (PNGs).
+The summary line reports generation FPS (model only) and end-to-end FPS (decode and write
+included) separately, as the peers' FPS claims are only comparable that way (spec §7.3).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+DEFAULT_WINDOW = 32  # committed frames a frame attends to (NFD: 32)
+
+
+def add_play_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny-play", help="config preset of an action model (default tiny-play)")
+    parser.add_argument("--actions", required=True,
+                        help="one action per frame: SPEC like none,right*24,up*12, or a file with one action "
+                             "per line (actions: none, up, down, left, right)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames to generate (default: one per action; more holds the last action)")
+    parser.add_argument("--out", required=True, help="output: NAME.mp4, or DIR/ for numbered PNG frames")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
+    parser.add_argument("--speculate", type=int, default=1, metavar="K",
+                        help="draft K frames under the current action and keep those the actions confirm "
+                             "(1 = off)")
+    parser.add_argument("--draft-mode", choices=("joint", "sequential"), default="joint",
+                        help="joint: K drafts in one batched pass per step (NFD; drafts see drafts mid-denoise); "
+                             "sequential: same video as --speculate 1, no compute saved")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help=f"committed frames each frame attends to (default {DEFAULT_WINDOW})")
+    parser.add_argument("--context-sigma", type=float, default=0.0,
+                        help="noise level of committed context frames in [0, 1) (default 0: clean)")
+    parser.add_argument("--prompt", default="", help="text prompt for the model's cross-attention (default empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides in dotlist form")
+
+
+def _check_args(args, n_actions: int) -> int:
+    frames = n_actions if args.frames is None else args.frames
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    if frames < n_actions:
+        raise ValueError(f"--frames {frames} is fewer than the {n_actions} actions given; shorten the spec "
+                         f"or drop --frames")
+    if args.speculate < 1:
+        raise ValueError(f"--speculate must be >= 1 (1 = off), got {args.speculate}")
+    if args.window < 1:
+        raise ValueError(f"--window must be >= 1 (frames), got {args.window}")
+    if not 0.0 <= args.context_sigma < 1.0:
+        raise ValueError(f"--context-sigma must be in [0, 1), got {args.context_sigma}")
+    return frames
+
+
+def run_play(args: argparse.Namespace) -> int:
+    """Validate everything, then generate and write; prints one summary line. Returns 0."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from framecast.config import ConfigError, load_config
+    from framecast.engine.denoise import Denoiser
+    from framecast.engine.engine import Engine
+    from framecast.engine.video_io import open_video_writer, to_uint8
+    from framecast.schedulers.nfd import NfdRollout
+    from framecast.schedulers.speculative import SpeculationStats, speculative_generate
+    from framecast.world.captions import ACTIONS
+    from framecast.world.evaluate import parse_action_spec
+
+    names = parse_action_spec(args.actions)  # one-line ValueError naming bad actions and the valid ones
+    frames = _check_args(args, len(names))
+    names = names + [names[-1]] * (frames - len(names))
+    cfg = load_config(args.preset, list(args.overrides))
+    if cfg.model.num_actions < len(ACTIONS):
+        raise ConfigError(f"preset {args.preset!r} has model.num_actions={cfg.model.num_actions}; play needs an "
+                          f"action model with num_actions >= {len(ACTIONS)} (e.g. --preset tiny-play)")
+    if cfg.vae.temporal_stride != 1:
+        raise ConfigError(f"vae.temporal_stride={cfg.vae.temporal_stride}: play needs one latent frame per video "
+                          f"frame (temporal_stride 1) so each frame takes its own action")
+    stride = cfg.vae.spatial_stride
+    if cfg.video.height % stride or cfg.video.width % stride:
+        raise ConfigError(f"video.height/width={cfg.video.height}x{cfg.video.width} must be multiples of "
+                          f"vae.spatial_stride={stride}")
+    seed = cfg.seed if args.seed is None else args.seed
+    engine = Engine(cfg)
+    if cfg.text.kind == "builtin":
+        from framecast.world.captions import tokenize
+
+        tokenize(args.prompt, max_len=cfg.text.max_length)
+    writer = open_video_writer(args.out, fps=cfg.video.fps, overwrite=args.overwrite)
+
+    engine.model  # build (or load) before the clock starts: FPS counts generation, not start-up
+    start = time.perf_counter()
+    guided = cfg.sampler.guidance_scale > 1.0
+    text = engine.text.encode([args.prompt, cfg.negative_prompt] if guided else [args.prompt])
+    denoiser = Denoiser(engine.model, text[:1], text[1:] if guided else None, cfg.sampler.guidance_scale,
+                        engine.dtype, engine.device)
+    shape = (cfg.model.in_channels, cfg.video.height // stride, cfg.video.width // stride)
+    rollout = NfdRollout(engine.model, denoiser, engine.make_sampler, shape, seed=seed, window=args.window,
+                         context_sigma=args.context_sigma, attn_backend=cfg.model.attn_backend)
+    stats = SpeculationStats()
+    ids = [ACTIONS.index(n) for n in names]
+    if args.speculate > 1:
+        latents = speculative_generate(rollout, ids, args.speculate, args.draft_mode, stats)
+    else:
+        latents = rollout.generate(ids)
+    decoder = engine.vae.decoder()
+    model_s = 0.0
+    try:
+        with tqdm(total=frames, desc="play", unit="frame", disable=args.quiet) as bar:
+            while True:
+                t0 = time.perf_counter()
+                lat = next(latents, None)
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize()
+                model_s += time.perf_counter() - t0
+                if lat is None:
+                    break
+                writer.write(to_uint8(decoder.decode(lat)[0]))
+                bar.update()
+    except BaseException:
+        writer.abort()
+        raise
+    path = writer.close()
+    wall = time.perf_counter() - start
+    spec = (f"speculation K={args.speculate} ({args.draft_mode}): {stats.summary()}" if args.speculate > 1
+            else "speculation off")
+    print(f"framecast: played {frames} frames ({cfg.video.width}x{cfg.video.height}) in {wall:.1f} s: "
+          f"{frames / wall:.1f} FPS end-to-end, {frames / max(model_s, 1e-9):.1f} FPS generation "
+          f"({rollout.forwards} model passes, {engine.device.type}); {spec} -> {path}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Standalone entry (`python -m framecast.launch.play ...`) until `framecast play` is wired."""
+    from framecast.launch.cli import _user_errors
+
+    parser = argparse.ArgumentParser(prog="framecast play", description=__doc__.splitlines()[0])
+    add_play_arguments(parser)
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return run_play(args)
+    except _user_errors() as e:
+        print(f"framecast: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""NFD: next-frame diffusion for interactive play (spec: shared/methods/nfd-vin-streaming.md §2).
+
+A block is ONE latent frame. Frame f is denoised with the sampler's few steps (4 by default) on
+top of a KV cache of committed frames (block-causal: it sees itself and the cached window, never
+later frames), conditioned on its discrete action (`actions[f]` moves the player INTO frame f,
+as in `framecast.world.scenes`). Timesteps are per frame (`t_BF`): the chunk being denoised sits
+at the sampler's level while its context sits in the cache at the context level.
+
+Design choices
+- Commit = one extra clean pass. After the last step a frame's K/V are recorded by running the
+  model once more on the finished frame at t = context_sigma·1000 (Self-Forcing's scheme).
+  Recording the last denoising step instead would save that pass but cache K/V of a frame at
+  sigma_{T−1} (≈ 0.3-0.6 with 4 shifted steps), which the model never saw as context in training.
+- Context noise (`context_sigma`, default 0.0): the commit pass sees
+  (1 − σc)·x + σc·ε_ctx(seed, f) at timestep σc·1000 (GameNGen / NFD anti-drift trick). 0 means
+  clean context, the identity choice until the trained tiny-play model says it needs noise; a
+  model trained with context noise wants the same small σc (e.g. 0.02-0.1) here.
+- Noise is a pure function of (seed, frame index): `frame_noise`, drawn from a generator seeded
+  with a hash of both. Chunking, speculation and rollback therefore never change a frame's noise.
+- Positions are window-local (see `framecast.engine.causal_cache`): rollouts have no length limit.
+
+The plan (`nfd_plan`) is data: chunks of frames denoised together, tested without a model. Plain
+NFD is one frame per chunk; speculative drafting (`schedulers/speculative.py`) drafts `draft`
+frames under one action and keeps the prefix the real actions confirm.
+
+Shape legend: B batch (CFG branches), C latent channels, F frames in the chunk, H/W latent size,
+L tokens, S text tokens, D width; lat_* latents, t_BF timesteps (sigma·1000).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+from framecast.engine.causal_cache import CacheHook, CausalKVCache
+from framecast.models.attention import BlockCausal
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NfdChunk:
+    start: int    # absolute index of the chunk's first frame
+    frames: int   # frames denoised together (drafted); each gets the sampler's T steps + 1 commit pass
+    keep: int     # frames kept (a prefix); frames[keep:] are discarded and rolled back
+    action: int   # action id every frame of the chunk is denoised with
+    context: int  # committed frames the chunk attends to (<= window)
+
+
+def nfd_plan(actions: Sequence[int], window: int = 32, draft: int = 1) -> list[NfdChunk]:
+    """Chunks for a rollout of len(actions) frames. Each chunk drafts min(draft, frames left)
+    frames under the action of its first frame and keeps them while the real actions repeat it;
+    the next chunk starts at the first frame not kept. draft=1 is plain next-frame diffusion."""
+    if draft < 1 or window < 1:
+        raise ValueError(f"nfd_plan: draft and window must be >= 1, got draft={draft}, window={window}")
+    chunks, f, total = [], 0, len(actions)
+    while f < total:
+        n = min(draft, total - f)
+        keep = 1
+        while keep < n and actions[f + keep] == actions[f]:
+            keep += 1
+        chunks.append(NfdChunk(start=f, frames=n, keep=keep, action=int(actions[f]), context=min(window, f)))
+        f += keep
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise
+# ---------------------------------------------------------------------------------------------
+
+def frame_seed(seed: int, frame: int, stream: str = "noise") -> int:
+    """A 64-bit generator seed for one frame's noise; `stream` separates independent draws."""
+    digest = hashlib.blake2b(f"nfd-{stream}:{seed}:{frame}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def frame_noise(seed: int, frame: int, shape_CHW: Sequence[int], stream: str = "noise") -> torch.Tensor:
+    """Gaussian noise [C, H, W] float32 of one frame: a function of (seed, frame, stream) only."""
+    g = torch.Generator("cpu").manual_seed(frame_seed(seed, frame, stream))
+    return torch.randn(tuple(shape_CHW), generator=g, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# One model pass on top of the cache
+# ---------------------------------------------------------------------------------------------
+
+def forward_on_cache(model, lat_BCFHW: torch.Tensor, t_BF: torch.Tensor, text_BSD: torch.Tensor,
+                     actions_BF: Optional[torch.Tensor], hook: CacheHook, attn_backend: str = "sdpa"):
+    """The model's prediction [B, C, F, H, W] for F frames placed after the hook's cache window:
+    block-causal among themselves, keys roped at window-local positions 0 .. window + F − 1."""
+    if model.patch_size[0] != 1:
+        raise ValueError(f"NFD needs one latent frame per token frame (patch_size[0] = 1), got {model.patch_size}")
+    x_BLD, ctx = model.embed(lat_BCFHW, t_BF, text_BSD, actions_BF)
+    f, h, w = ctx.grid
+    c = hook.window_frames
+    pos = torch.arange(c + f, device=x_BLD.device)
+    ctx.rope_q = model.rope_table(pos[c:], h, w)
+    ctx.rope_k = model.rope_table(pos, h, w)
+    ctx.mask = BlockCausal(frame_tokens=h * w, q_start_frame=c)
+    ctx.kv_hook, ctx.attn_backend = hook, attn_backend
+    for block in model.blocks:
+        x_BLD = block(x_BLD, ctx)
+    return model.head(x_BLD, ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout
+# ---------------------------------------------------------------------------------------------
+
+class NfdRollout:
+    """Frame-by-frame generation state: the model, the conditioning, the KV cache and the seed.
+
+    model: a WanModel (contract embed/blocks/head) with num_actions > 0; denoiser: an
+    `engine.denoise.Denoiser` (text conditioning, CFG batching and combination); new_sampler: a
+    function returning a fresh sampler with its timesteps set (`components.sampler_factory`);
+    frame_shape: latent (C, H, W)."""
+
+    def __init__(self, model, denoiser, new_sampler: Callable, frame_shape: Sequence[int], *, seed: int = 0,
+                 window: int = 32, context_sigma: float = 0.0, attn_backend: str = "sdpa",
+                 num_train_timesteps: int = 1000):
+        if not 0.0 <= context_sigma < 1.0:
+            raise ValueError(f"context_sigma must be in [0, 1), got {context_sigma}")
+        self.model, self.denoiser, self.new_sampler = model, denoiser, new_sampler
+        self.frame_shape = tuple(frame_shape)
+        self.seed, self.context_sigma, self.attn_backend = seed, float(context_sigma), attn_backend
+        self.num_train_timesteps = num_train_timesteps
+        self.cache = CausalKVCache(window)
+        self.forwards = 0  # model passes run (denoising steps + commit passes), for FPS accounting
+
+    @property
+    def window(self) -> int:
+        return self.cache.window
+
+    def _noise(self, start: int, n: int, stream: str) -> torch.Tensor:
+        frames = [frame_noise(self.seed, start + i, self.frame_shape, stream) for i in range(n)]
+        return torch.stack(frames, dim=1)[None].to(self.denoiser.device)  # (1, C, n, H, W)
+
+    @torch.no_grad()
+    def _predict(self, lat_1CFHW: torch.Tensor, t_F: torch.Tensor, actions: Sequence[int], hook) -> torch.Tensor:
+        x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
+        actions_BF = torch.tensor(list(actions), device=x.device)[None].expand(x.shape[0], -1)
+        self.forwards += 1
+        out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.attn_backend)
+        return self.denoiser.combine(out).float()
+
+    def denoise(self, start: int, actions: Sequence[int]) -> torch.Tensor:
+        """Denoise frames start .. start + len(actions) − 1 together on top of the cache (which must
+        hold exactly the frames before `start`); returns their latents [1, C, n, H, W] float32.
+        Nothing is committed."""
+        if start != self.cache.frames:
+            raise RuntimeError(f"denoise: frame {start} requested but the cache holds {self.cache.frames} frames")
+        n = len(actions)
+        lat = self._noise(start, n, "noise")
+        sampler = self.new_sampler()
+        for t in sampler.timesteps:
+            velocity = self._predict(lat, t.expand(n), actions, self.cache.reader())
+            lat = sampler.step(velocity, t, lat)
+        return lat
+
+    def commit(self, start: int, lat_1CFHW: torch.Tensor, actions: Sequence[int]) -> None:
+        """Record the K/V of finished frames (one pass at the context noise level) into the cache."""
+        n, sc = len(actions), self.context_sigma
+        if start != self.cache.frames or lat_1CFHW.shape[2] != n:
+            raise RuntimeError(f"commit: frames {start}..{start + n - 1} do not follow the cache's "
+                               f"{self.cache.frames} frames (or the latents are not {n} frames)")
+        if sc > 0:
+            lat_1CFHW = (1 - sc) * lat_1CFHW + sc * self._noise(start, n, "context")
+        t_F = torch.full((n,), sc * self.num_train_timesteps, device=lat_1CFHW.device)
+        hook = self.cache.writer()
+        self._predict(lat_1CFHW, t_F, actions, hook)
+        self.cache.commit(hook, frames=n)
+
+    def run(self, plan: Sequence[NfdChunk]) -> Iterator[torch.Tensor]:
+        """Execute a plan without speculation: only the kept frames of each chunk are computed.
+        Yields each frame's latents [1, C, 1, H, W] in order."""
+        for chunk in plan:
+            actions = [chunk.action] * chunk.keep
+            lat = self.denoise(chunk.start, actions)
+            self.commit(chunk.start, lat, actions)
+            for i in range(chunk.keep):
+                yield lat[:, :, i:i + 1]
+
+    def generate(self, actions: Sequence[int]) -> Iterator[torch.Tensor]:
+        """Plain NFD: one frame at a time, frame f under actions[f]."""
+        return self.run(nfd_plan(actions, self.window, draft=1))
