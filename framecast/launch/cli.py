@@ -164,8 +164,6 @@ def _user_errors() -> tuple[type, ...]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from framecast.parallel.ring import WorkerLost
-
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -177,7 +175,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.command = argv[0]
     args.argv = argv[1:]  # without the command name
     logging.basicConfig(level=logging.WARNING, format="framecast: %(message)s")
-    warnings.showwarning = lambda msg, cat, *a, **k: print(f"framecast: warning: {msg}", file=sys.stderr)
+    with warnings.catch_warnings():  # one line per warning while the command runs, restored after
+        warnings.showwarning = lambda msg, cat, *a, **k: print(f"framecast: warning: {msg}", file=sys.stderr)
+        return _run(args)
+
+
+def _run(args) -> int:
+    from framecast.parallel.ring import WorkerLost
+
     try:
         return COMMANDS[args.command][1](args)
     except _user_errors() as e:
