@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from framecast.engine.request import Request
 
-TICKS_PER_CALL = 4  # each call ends drained (a resume point); a few ticks keep the bubble small
+TICKS_PER_CALL = 8  # each call ends drained (a resume point); enough ticks per call keep the bubble small
 
 
 class LocalExecutor:
