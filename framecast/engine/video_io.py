@@ -1,19 +1,29 @@
 """Video output and input: frames are written as they arrive, and never to a half-written file.
 
-- `NAME.mp4`: H.264 (libx264, yuv420p) through PyAV, written incrementally to `NAME.partial.mp4`
-  and renamed (atomically) on `close()`. The mp4 is fragmented (a fragment per keyframe, a
-  keyframe every second, no B-frame lookahead), so if the process dies the partial file still
-  plays back every frame up to the last completed fragment (at most one second is lost).
-  Odd sizes are padded to even by repeating the last row/column (yuv420p needs even sizes).
-- `DIR/` (a path ending in `/`, or an existing folder): numbered lossless PNGs `00000.png`, ...,
-  each written to a temporary name and renamed, for exact comparisons.
+- `NAME.mp4`: H.264 (libx264, yuv420p, crf 18) through PyAV, encoded and muxed frame by frame into
+  `NAME.partial.mp4`, renamed with `os.replace` to `NAME.mp4` on `close()` (an existing `NAME.mp4`,
+  with `overwrite=True`, is replaced only then). The mp4 is fragmented with one fragment per frame
+  (`frag_every_frame+empty_moov+default_base_moof`), the encoder has no lookahead or B-frames
+  (`tune=zerolatency`), a keyframe comes at least every second (GOP = round(fps) frames), and every
+  packet is flushed to the OS (`flush_packets=1`). Hence the guarantee for a killed writer
+  (SIGKILL included): once `write()` has returned with n frames written, `NAME.partial.mp4` decodes
+  to at least the first n - 1 of them (a fragment is emitted when the next frame arrives, so only
+  the last frame is pending). A fragment torn by a kill in mid-write is skipped by the readers here.
+  Odd sizes are padded to even by repeating the last row / column (yuv420p needs even sizes), so
+  an H x W video reads back as (H + H % 2) x (W + W % 2).
+- `DIR/` (a path ending in `/` or os.sep, or an existing folder): lossless numbered PNGs `00000.png`,
+  ..., each written to a hidden temporary name and renamed, so no half-written PNG ever exists.
 
-Refusals happen before anything is written: an existing output (unless `overwrite`), a missing or
-unwritable parent folder, an unsupported extension, a bad fps.
+Refusals happen before anything is written: an existing output (a non-empty folder) unless
+`overwrite`, a missing or unwritable parent folder, an unsupported extension, a bad fps or codec.
+An earlier run's `NAME.partial.mp4` is replaced without asking (it is a scratch file).
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -22,14 +32,18 @@ import numpy as np
 import torch
 
 EXTENSIONS = (".mp4",)
+_FRAME_NAME = re.compile(r"\d{5}\.png")  # the PNG writer's own file names
+_CRF_CODECS = ("libx264", "libx265")
 
 
 def to_uint8(video_CFHW: torch.Tensor) -> np.ndarray:
-    """[3, F, H, W] float in [-1, 1] -> uint8 [F, H, W, 3], as diffusers' video postprocess then
-    `round(x * 255)`: round(clamp(x / 2 + 0.5, 0, 1) * 255)."""
+    """[3, F, H, W] in [-1, 1] -> uint8 numpy [F, H, W, 3], exactly as diffusers'
+    `VideoProcessor.postprocess_video(output_type="np")` followed by `round(x * 255)`:
+    `round(float32(clamp(x * 0.5 + 0.5, 0, 1)) * 255)`, the clamp in the input dtype (as diffusers
+    does), round half to even. Inverts `u / 127.5 - 1` exactly for every uint8 u (float32)."""
     if video_CFHW.ndim != 4 or video_CFHW.shape[0] != 3:
         raise ValueError(f"to_uint8 expects [3, F, H, W], got {tuple(video_CFHW.shape)}")
-    x = (video_CFHW.float() / 2 + 0.5).clamp(0, 1)
+    x = (video_CFHW * 0.5 + 0.5).clamp(0, 1).float()
     return (x * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
@@ -46,12 +60,16 @@ def _check_parent(parent: Path, shown: str) -> None:
 
 def open_video_writer(path, fps: float = 16, overwrite: bool = False, codec: str = "libx264",
                       crf: int | None = None) -> "VideoWriter":
-    """An mp4 writer for NAME.mp4 or a PNG writer for DIR/ (see the module docstring)."""
+    """A writer for NAME.mp4 (`codec`, `crf`: the encoder and its quality, default 18) or for a PNG
+    folder DIR/ (see the module docstring). Use as a context manager, or call close() / abort()."""
     shown = str(path)
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
+    if (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps)
+            or not fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if _is_folder_target(shown):
         folder = Path(shown)
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"output folder {shown!r} exists and is not a folder")
         if folder.exists() and any(folder.iterdir()) and not overwrite:
             raise FileExistsError(f"output folder {shown!r} exists and is not empty (use --overwrite)")
         _check_parent(folder.resolve().parent, shown)
@@ -65,15 +83,28 @@ def open_video_writer(path, fps: float = 16, overwrite: bool = False, codec: str
     if target.exists() and not overwrite:
         raise FileExistsError(f"output {shown!r} exists (use --overwrite to replace it)")
     _check_parent(target.resolve().parent, shown)
+    import av
+
+    try:
+        av.Codec(codec, "w")
+    except ValueError:
+        raise ValueError(f"output {shown!r}: PyAV has no encoder {codec!r}") from None
+    if crf is not None and codec not in _CRF_CODECS:
+        raise ValueError(f"output {shown!r}: crf applies to {', '.join(_CRF_CODECS)} only, not {codec!r}")
     return Mp4Writer(target, fps, codec, crf)
 
 
 class VideoWriter:
-    path: Path
-    partial_path: Path
+    """Shared `write` and context-manager logic: exception -> abort(), else close()."""
+    path: Path  # the final output
+    partial_path: Path  # where frames go until close() (the folder itself for PNGs)
     frames_written: int = 0
+    _done: bool = False
 
     def write(self, frames: np.ndarray) -> None:
+        """frames: uint8 [F, H, W, 3] or one frame [H, W, 3]; all frames of a video share H, W."""
+        if self._done:
+            raise ValueError(f"writer for {str(self.path)!r} is already closed")
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -99,34 +130,37 @@ class VideoWriter:
 
 class Mp4Writer(VideoWriter):
     def __init__(self, path: Path, fps, codec: str, crf):
-        import av
-
         self.path = path
         self.partial_path = path.with_name(path.stem + ".partial" + path.suffix)
-        self.fps, self.codec, self.crf = fps, codec, crf
-        self._av = av
+        exact = fps if isinstance(fps, numbers.Rational) else float(fps)  # numpy floats too
+        self.rate = Fraction(exact).limit_denominator(1001)  # exact for 24, 30000/1001, 12.5, ...
+        self.codec, self.crf = codec, crf
         self.container = None
         self.stream = None
-        self.size = None
+        self.size = None  # (H, W) of the first frame
         self.frames_written = 0
 
     def _open(self, height: int, width: int) -> None:
-        av = self._av
+        import av
+
         self.size = (height, width)
-        self.container = av.open(str(self.partial_path), "w", format="mp4",
-                                 options={"movflags": "frag_keyframe+empty_moov+default_base_moof",
-                                          "flush_packets": "1"})
-        rate = Fraction(self.fps).limit_denominator(1001)
-        self.stream = self.container.add_stream(self.codec, rate=rate)
+        self.container = av.open(str(self.partial_path), "w", format="mp4", options={
+            # a fragment per frame, written behind an empty moov: every finished fragment plays
+            "movflags": "frag_every_frame+empty_moov+default_base_moof",
+            "flush_packets": "1"})  # hand each packet to the OS at once (else 32 KB sit in AVIO)
+        self.stream = self.container.add_stream(self.codec, rate=self.rate)
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
         self.stream.pix_fmt = "yuv420p"
-        gop = max(1, round(float(self.fps)))  # a keyframe (and so a playable fragment) every second
-        opts = {"g": str(gop)}
+        opts = {"g": str(max(1, round(self.rate)))}  # a keyframe (a seek point) at least every second
         if self.codec == "libx264":
-            opts.update({"tune": "zerolatency", "crf": str(self.crf if self.crf is not None else 18)})
+            opts["tune"] = "zerolatency"  # no lookahead / B-frames: a packet out per frame in
+        if self.codec in _CRF_CODECS:
+            opts["crf"] = str(18 if self.crf is None else self.crf)
         self.stream.options = opts
 
     def _write(self, frame: np.ndarray) -> None:
+        import av
+
         h, w = frame.shape[:2]
         if self.container is None:
             self._open(h, w)
@@ -134,28 +168,38 @@ class Mp4Writer(VideoWriter):
             raise ValueError(f"frame size {h}x{w} differs from the video's {self.size[0]}x{self.size[1]}")
         if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts, vf.time_base = self.frames_written, 1 / self.rate
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
 
     def _finish(self) -> None:
         if self.container is not None:
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
-            self.container.close()
-            self.container = None
+            container, self.container = self.container, None
+            try:
+                for packet in self.stream.encode(None):
+                    container.mux(packet)
+            finally:
+                container.close()
 
     def close(self) -> Path:
+        """Finalise and rename NAME.partial.mp4 to NAME.mp4; returns NAME.mp4."""
+        if self._done:
+            return self.path
         if self.frames_written == 0:
             self.abort()
             raise ValueError(f"no frames were written to {str(self.path)!r}")
         self._finish()
         os.replace(self.partial_path, self.path)
+        self._done = True
         return self.path
 
     def abort(self) -> None:
-        """Finalise what was written as NAME.partial.mp4 (playable) and leave it there; remove it
-        if nothing was written."""
+        """Finalise what was written, left playable as NAME.partial.mp4 (not renamed); nothing is
+        left if no frame was written."""
+        if self._done:
+            return
+        self._done = True
         try:
             self._finish()
         finally:
@@ -167,66 +211,103 @@ class PngWriter(VideoWriter):
     def __init__(self, folder: Path):
         self.path = self.partial_path = folder
         self.frames_written = 0
-        self._created = False
 
     def _write(self, frame: np.ndarray) -> None:
         import imageio.v3 as iio
 
-        if not self._created:
-            self.path.mkdir(exist_ok=True)
-            self._created = True
+        self.path.mkdir(exist_ok=True)
         final = self.path / f"{self.frames_written:05d}.png"
-        tmp = self.path / f".{self.frames_written:05d}.png.tmp"
+        tmp = self.path / f".{self.frames_written:05d}.png.tmp"  # hidden: readers skip it
         iio.imwrite(tmp, frame, extension=".png")
         os.replace(tmp, final)
 
+    def _drop_stale(self) -> None:
+        """With overwrite, an older, longer video's frames past ours must not stay behind."""
+        if self.path.is_dir():
+            for p in self.path.iterdir():
+                if _FRAME_NAME.fullmatch(p.name) and int(p.name[:5]) >= self.frames_written:
+                    p.unlink()
+
     def close(self) -> Path:
+        if self._done:
+            return self.path
         if self.frames_written == 0:
             raise ValueError(f"no frames were written to {str(self.path)!r}")
+        self._drop_stale()
+        self._done = True
         return self.path
 
     def abort(self) -> None:
-        pass  # every PNG on disk is complete
+        """Every PNG on disk is complete; keep the ones written, drop an older video's others."""
+        if not self._done:
+            self._done = True
+            if self.frames_written:
+                self._drop_stale()
 
 
 def _png_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".png" and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"no PNG frames in {str(folder)!r}")
     return files
 
 
+def _mp4_packets(container, stream) -> Iterator:
+    """The stream's packets up to a torn one: a killed writer's last fragment may be cut short
+    (the demuxer flags it corrupt); everything before it is complete."""
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            return
+        if packet.size:
+            yield packet
+
+
 def iter_video(path) -> Iterator[np.ndarray]:
-    """Frames of an mp4 or a PNG folder, one uint8 [H, W, 3] at a time."""
+    """Frames of an mp4 or a PNG folder (sorted by name), one uint8 [H, W, 3] at a time."""
     path = Path(path)
     if path.is_dir():
         import imageio.v3 as iio
+
         for f in _png_files(path):
-            yield np.asarray(iio.imread(f))[..., :3]
+            img = np.asarray(iio.imread(f))
+            yield np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
         return
     if not path.is_file():
         raise FileNotFoundError(f"video {str(path)!r} does not exist")
     import av
+
     with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
+        stream = container.streams.video[0]
+        for packet in _mp4_packets(container, stream):
+            for frame in stream.decode(packet):
+                yield frame.to_ndarray(format="rgb24")
+        for frame in stream.decode(None):  # drain the decoder
             yield frame.to_ndarray(format="rgb24")
 
 
 def read_video(path) -> np.ndarray:
     """All frames as uint8 [F, H, W, 3]."""
-    return np.stack(list(iter_video(path)))
+    frames = list(iter_video(path))
+    if not frames:
+        raise ValueError(f"video {str(path)!r} has no decodable frames")
+    return np.stack(frames)
 
 
 def video_info(path) -> dict:
-    """{"frames": F, "fps": float or None, "height": H, "width": W}."""
+    """{"frames": F, "fps": float (None for PNG folders), "height": H, "width": W}; for mp4 the
+    frames are counted from packets (no decoding), the same ones `iter_video` decodes."""
     path = Path(path)
     if path.is_dir():
         files = _png_files(path)
         h, w = next(iter_video(path)).shape[:2]
         return {"frames": len(files), "fps": None, "height": h, "width": w}
+    if not path.is_file():
+        raise FileNotFoundError(f"video {str(path)!r} does not exist")
     import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(video=0))
-        return {"frames": frames, "fps": float(stream.average_rate) if stream.average_rate else None,
+        frames = sum(1 for _ in _mp4_packets(container, stream))
+        fps = stream.average_rate or stream.guessed_rate
+        return {"frames": frames, "fps": float(fps) if fps else None,
                 "height": stream.height, "width": stream.width}

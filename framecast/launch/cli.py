@@ -142,8 +142,19 @@ def cmd_play(args) -> int:
     return run_play(args)
 
 
+def _add_train(sub) -> None:
+    from framecast.world.train import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train a built-in-world model (tiny, tiny-play)"))
+
+
+def cmd_train(args) -> int:
+    from framecast.world.train import run_train
+    return run_train(args)
+
+
 COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
-            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play)}
+            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play), "train": (_add_train, cmd_train)}
 
 
 def build_parser() -> argparse.ArgumentParser:
