@@ -167,6 +167,8 @@ def load_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> Config:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. sampler.steps=20)")
+        if item.endswith("="):  # `key=` means the empty string (OmegaConf would read None)
+            item += '""'
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:

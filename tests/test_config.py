@@ -44,3 +44,8 @@ def test_bad_overrides_fail_with_one_line(override, needle):
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="unknown preset 'nope'; available: tiny"):
         load_config("nope")
+
+
+def test_empty_override_is_the_empty_string():
+    assert load_config("tiny", ["model.weights="]).model.weights == ""
+    assert load_config("tiny", ['model.weights=""']).model.weights == ""

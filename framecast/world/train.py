@@ -1,0 +1,341 @@
+"""Train the built-in world's tiny models: `framecast train` and `train(cfg, ...)`.
+
+Recipe (shared/methods/world.md):
+- Rectified flow with a noise level per latent frame (Diffusion Forcing, Chen et al. 2024):
+  σ_BF = sigmoid(N(0, 1)) (logit-normal, SD3), x_σ = (1 − σ)·x0 + σ·noise per frame, the model
+  regresses v = noise − x0 from timestep σ·1000 given as [B, F]. With probability
+  `uniform_prob` a clip draws ONE σ for all its frames instead: the full and DualParal schedules
+  embed a whole window at one timestep, so that case gets trained directly.
+- AdamW with linear warm-up, grad-norm clipping, adaLN-Zero init (DiT) of the modulation and
+  output layers; an EMA of all weights (decay min(d, (1 + n)/(10 + n)) so a short run is not
+  dominated by its random start) — the EMA is what ships.
+- Caption dropout: `caption_dropout` of the clips see the empty prompt ("" -> "</s>" only), the
+  unconditional branch of classifier-free guidance.
+- Play models (`play=True`): block-causal self-attention (frame f sees frames <= f, NFD) and
+  action adaLN; the prompt is always empty.
+
+Determinism: the model init, the data and every step's noise derive from `seed` alone — the
+noise of step n from a generator seeded with (seed, n), the data from `world_batches(seed)`
+replayed to its position — so a resumed run continues exactly as an uninterrupted one.
+
+Files in `out/` (a folder):
+  weights.safetensors  EMA weights, keys `transformer.*` and `text_encoder.*` (load_builtin's layout)
+  weights.json         metadata: command, seed, steps, wall time, device, final loss
+  state.pt             raw weights, EMA, optimizer, step, loss history (for --resume)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from framecast.config import Config, load_config
+
+
+@dataclass
+class TrainOptions:
+    lr: float = 5e-4              # AdamW peak learning rate
+    warmup: int = 100             # steps of linear learning-rate warm-up
+    weight_decay: float = 0.01    # AdamW decoupled weight decay
+    grad_clip: float = 1.0        # max global grad norm
+    ema_decay: float = 0.999      # EMA decay ceiling (ramped up from 0.1 over the first steps)
+    caption_dropout: float = 0.1  # fraction of clips trained on the empty prompt (CFG's uncond branch)
+    uniform_prob: float = 0.5     # fraction of clips with one σ for all frames (else σ per frame)
+    logit_mean: float = 0.0       # logit-normal σ: sigmoid(N(mean, std))
+    logit_std: float = 1.0
+    save_every: int = 250         # steps between checkpoints (and always at the end)
+    play: bool = False            # block-causal play model with actions (tiny-play)
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces
+# ---------------------------------------------------------------------------------------------
+
+def build(cfg: Config, seed: int) -> nn.ModuleDict:
+    """{"transformer": WanModel, "text_encoder": BuiltinTextEncoder}, initialised from `seed`."""
+    from framecast.engine.components import model_kwargs
+    from framecast.engine.text import BuiltinTextEncoder
+    from framecast.models.wan import WanModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WanModel(**model_kwargs(cfg))
+        text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
+        init_adaln_zero(model)
+        # Unit-scale word/position vectors: at the encoder's default std 0.02 the cross-attention
+        # values start ~50x smaller than the video features and a short run learns to ignore the
+        # prompt (measured: identical videos for different prompts after 1,000 steps).
+        nn.init.normal_(text.word.weight, std=1.0)
+        nn.init.normal_(text.position.weight, std=1.0)
+    return nn.ModuleDict({"transformer": model, "text_encoder": text})
+
+
+def init_adaln_zero(model: nn.Module) -> None:
+    """DiT's adaLN-Zero (Peebles & Xie 2023, §3.2): every block starts as the identity (zero
+    gates) and the output projection at zero, which trains markedly faster from scratch."""
+    with torch.no_grad():
+        ce = model.condition_embedder
+        nn.init.zeros_(ce.time_proj.weight)
+        nn.init.zeros_(ce.time_proj.bias)
+        for block in model.blocks:
+            block.scale_shift_table.zero_()
+        model.scale_shift_table.zero_()
+        nn.init.zeros_(model.proj_out.weight)
+        nn.init.zeros_(model.proj_out.bias)
+        nn.init.normal_(ce.time_embedder.linear_1.weight, std=0.02)  # DiT: N(0, 0.02) for the t-MLP
+        nn.init.normal_(ce.time_embedder.linear_2.weight, std=0.02)
+
+
+def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> torch.Tensor:
+    """(B, F) noise levels: logit-normal per frame, or one per clip with prob. uniform_prob."""
+    u_BF = torch.randn(b, f, generator=gen) * opt.logit_std + opt.logit_mean
+    shared_B = torch.rand(b, generator=gen) < opt.uniform_prob
+    u_BF = torch.where(shared_B[:, None], u_BF[:, :1].expand(-1, f), u_BF)
+    return torch.sigmoid(u_BF)
+
+
+def predict(nets: nn.ModuleDict, x_BCFHW: torch.Tensor, t_BF: torch.Tensor, tokens_BS: torch.Tensor,
+            actions_BF: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
+    """Velocity prediction; `causal`: block-causal self-attention over frames (play model)."""
+    from framecast.models.attention import BlockCausal
+
+    model = nets["transformer"]
+    text_BSD = nets["text_encoder"](tokens_BS)
+    x_BLD, ctx = model.embed(x_BCFHW, t_BF, text_BSD, actions_BF)
+    if causal:
+        ctx.mask = BlockCausal(ctx.grid[1] * ctx.grid[2])
+    for block in model.blocks:
+        x_BLD = block(x_BLD, ctx)
+    return model.head(x_BLD, ctx)
+
+
+def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOptions,
+            empty_tokens: torch.Tensor, device) -> torch.Tensor:
+    """Flow-matching loss of one batch; all randomness drawn (on CPU) from `gen`."""
+    x0 = batch["video"]                                                # (B, C, F, H, W)
+    b, _, f = x0.shape[:3]
+    sigma_BF = sample_sigmas(gen, b, f, opt)
+    noise = torch.randn(x0.shape, generator=gen)
+    drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
+    if opt.play:
+        tokens, actions = empty_tokens.expand(b, -1), batch["actions"].to(device)
+    else:
+        tokens, actions = torch.where(drop_B[:, None], empty_tokens, batch["tokens"]), None
+    x0, noise, sigma_BF = x0.to(device), noise.to(device), sigma_BF.to(device)
+    s = sigma_BF[:, None, :, None, None]                               # (B, 1, F, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    v = predict(nets, x_t, sigma_BF * 1000, tokens.to(device), actions, causal=opt.play)
+    return F.mse_loss(v.float(), (noise - x0).float())
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
+
+
+def lr_at(step: int, opt: TrainOptions) -> float:
+    return opt.lr * min(1.0, (step + 1) / max(1, opt.warmup))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, nets: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), nets.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+def save_weights(nets: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in nets.state_dict().items()}, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str | Path, resume: bool = False,
+          device: str = "cpu", log_every: int = 10, options: Optional[TrainOptions] = None,
+          command: str = "", progress: bool = True, max_seconds: Optional[float] = None) -> dict:
+    """Train for `steps` steps in total (with `resume`, continue out/state.pt up to `steps`), or
+    until `max_seconds` of training wall time have passed (then saved as a finished run).
+    Batches: `batch` world clips of `frames` frames at cfg.video.height. Returns the metadata
+    written to out/weights.json (losses: the loss of every step, in order)."""
+    from framecast.world.captions import tokenize
+    from framecast.world.scenes import world_batches
+
+    opt = options or TrainOptions()
+    if opt.play and cfg.model.num_actions < 1:
+        raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
+    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
+        raise ValueError("world training is pixel space with the built-in text encoder "
+                         f"(vae.kind=identity, text.kind=builtin); got vae.kind={cfg.vae.kind}, "
+                         f"text.kind={cfg.text.kind}")
+    if cfg.video.height != cfg.video.width:
+        raise ValueError(f"world clips are square; got video {cfg.video.height}x{cfg.video.width}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+
+    nets = build(cfg, seed).to(dev).train()
+    ema = build(cfg, seed).to(dev).eval()
+    ema.load_state_dict(nets.state_dict())
+    ema.requires_grad_(False)
+    optim = torch.optim.AdamW(nets.parameters(), lr=opt.lr, betas=(0.9, 0.99), weight_decay=opt.weight_decay)
+    start, losses, wall = 0, [], 0.0
+    if resume:
+        state = torch.load(out / "state.pt", map_location=dev, weights_only=False)
+        nets.load_state_dict(state["nets"])
+        ema.load_state_dict(state["ema"])
+        optim.load_state_dict(state["optim"])
+        start, losses, wall = state["step"], state["losses"], state["wall_s"]
+        if state["seed"] != seed or state["batch"] != batch or state["frames"] != frames:
+            raise ValueError(f"--resume: {out / 'state.pt'} was trained with seed={state['seed']} "
+                             f"batch={state['batch']} frames={state['frames']}; got seed={seed} "
+                             f"batch={batch} frames={frames}")
+    data = world_batches(seed, batch, frames, size=cfg.video.height, play=opt.play)
+    for _ in range(start):  # replay the data stream to where the saved run stopped
+        next(data)
+    empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)])  # (1, S): "</s>" then <pad>
+
+    def save(step: int) -> None:
+        torch.save({"nets": nets.state_dict(), "ema": ema.state_dict(), "optim": optim.state_dict(),
+                    "step": step, "losses": losses, "wall_s": wall, "seed": seed, "batch": batch,
+                    "frames": frames, "options": asdict(opt)}, out / "state.pt.tmp")
+        (out / "state.pt.tmp").replace(out / "state.pt")  # never leave a half-written state
+        save_weights(ema, out / "weights.safetensors")
+
+    t0 = time.perf_counter() - wall
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step", disable=not progress)
+    for step in bar:
+        for group in optim.param_groups:
+            group["lr"] = lr_at(step, opt)
+        loss = loss_on(nets, next(data), step_generator(seed, step), opt, empty, dev)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
+        optim.step()
+        ema_update(ema, nets, min(opt.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            recent = losses[-log_every:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+        wall = time.perf_counter() - t0
+        out_of_time = max_seconds is not None and wall >= max_seconds
+        if (step + 1) % opt.save_every == 0 or step + 1 == steps or out_of_time:
+            save(step + 1)
+        if out_of_time:
+            break
+    bar.close()
+    steps = len(losses)
+
+    tail = losses[-min(len(losses), 50):]
+    meta = {"command": command, "preset": cfg.preset, "seed": seed, "steps": steps, "batch": batch,
+            "frames": frames, "size": cfg.video.height, "device": describe_device(dev),
+            "wall_s": round(wall, 1), "final_loss": round(sum(tail) / max(1, len(tail)), 5),
+            "params": sum(p.numel() for p in nets.parameters()), "options": asdict(opt)}
+    (out / "weights.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {**meta, "losses": losses}
+
+
+def describe_device(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------------------------------------
+# quality on the world's metrics
+# ---------------------------------------------------------------------------------------------
+
+EVAL_PROMPTS = ("a red circle moving right", "a blue square moving down",
+                "a green triangle moving left and a yellow circle moving up")
+
+
+def evaluate(overrides: Sequence[str] = (), preset: str = "tiny", prompts: Sequence[str] = EVAL_PROMPTS,
+             frames: int = 32, seed: int = 0) -> dict:
+    """Generate each prompt with `Engine.from_preset(preset, overrides)` and average the world
+    metrics (`evaluate_video`) over the prompts: {"adherence": ..., "presence": ..., ...}."""
+    import numpy as np
+
+    from framecast import Engine
+    from framecast.world.metrics import evaluate_video
+
+    engine = Engine.from_preset(preset, list(overrides))
+    per = []
+    for i, prompt in enumerate(prompts):
+        video = np.stack(list(engine.stream(prompt, frames=frames, seed=seed + i)))
+        per.append(evaluate_video(video, prompt=prompt))
+    keys = ("adherence", "presence", "count_stability", "colour_identity", "prompt.exact_colours", "max_jump")
+    return {k: round(float(np.mean([m[k] for m in per if k in m])), 4) for k in keys if any(k in m for m in per)}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainOptions()
+    parser.add_argument("--preset", default="tiny", help="model shape preset (tiny; tiny-play with --play)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable (e.g. model.num_layers=4)")
+    parser.add_argument("--out", required=True, help="output folder: weights.safetensors, weights.json, state.pt")
+    parser.add_argument("--steps", type=int, default=2000, help="total optimizer steps")
+    parser.add_argument("--batch", type=int, default=16, help="clips per step")
+    parser.add_argument("--frames", type=int, default=8, help="frames per training clip")
+    parser.add_argument("--seed", type=int, default=0, help="seed of init, data and noise")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/state.pt up to --steps")
+    parser.add_argument("--log-every", type=int, default=10, help="steps averaged in the progress bar's loss")
+    parser.add_argument("--play", action="store_true", help="train the block-causal action model (tiny-play)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps")
+    parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the shipped weights")
+    parser.add_argument("--caption-dropout", type=float, default=d.caption_dropout,
+                        help="fraction of clips trained on the empty prompt (for CFG)")
+    parser.add_argument("--uniform-prob", type=float, default=d.uniform_prob,
+                        help="fraction of clips with one noise level for all frames (else one per frame)")
+    parser.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop (and save) after this much training wall time, even before --steps")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    for name in ("steps", "batch", "frames", "save_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("caption_dropout", "uniform_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    cfg = load_config(args.preset, args.overrides)
+    opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
+                       caption_dropout=args.caption_dropout, uniform_prob=args.uniform_prob,
+                       save_every=args.save_every, play=args.play)
+    prog = Path(sys.argv[0]).name
+    prog = "python -m framecast.world.train" if prog == "train.py" else prog
+    command = " ".join([prog, shlex.join(sys.argv[1:])])
+    meta = train(cfg, args.steps, args.batch, args.frames, args.seed, args.out, resume=args.resume,
+                 device=args.device, log_every=args.log_every, options=opt, command=command,
+                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s on {meta['device']}; final loss "
+          f"{meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framecast.world.train", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
