@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL = ["model.num_attention_heads=8", "model.attention_head_dim=64", "model.ffn_dim=2048",
+MODEL = ["model.weights=", "model.num_attention_heads=8", "model.attention_head_dim=64", "model.ffn_dim=2048",
          "model.num_layers=16", "sampler.guidance_scale=1.0"]
 
 
