@@ -11,11 +11,27 @@ from typing import Optional
 import torch
 
 
+def guided(guidance: float) -> bool:
+    """diffusers' rule: CFG is on when g > 1."""
+    return guidance > 1.0
+
+
+def cfg_prompts(prompt: str, negative_prompt: str, guidance: float) -> list[str]:
+    """The prompts to encode, cond first: [prompt, negative_prompt] with CFG, else [prompt]."""
+    return [prompt, negative_prompt] if guided(guidance) else [prompt]
+
+
+def combine_cfg(out_BCFHW: torch.Tensor, guidance: float) -> torch.Tensor:
+    """[cond; uncond] model outputs -> uncond + g * (cond - uncond)."""
+    cond, uncond = out_BCFHW.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
 class Denoiser:
     def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
                  dtype: torch.dtype, device: torch.device):
         self.model, self.guidance, self.dtype, self.device = model, guidance, dtype, device
-        self.cfg = guidance > 1.0 and uncond_1SD is not None
+        self.cfg = guided(guidance) and uncond_1SD is not None
         text = torch.cat([cond_1SD, uncond_1SD]) if self.cfg else cond_1SD
         self.text_BSD = text.to(device=device, dtype=dtype)
 
@@ -32,10 +48,7 @@ class Denoiser:
         return x, t, self.text_BSD
 
     def combine(self, out_BCFHW: torch.Tensor) -> torch.Tensor:
-        if not self.cfg:
-            return out_BCFHW
-        cond, uncond = out_BCFHW.chunk(2)
-        return uncond + self.guidance * (cond - uncond)
+        return combine_cfg(out_BCFHW, self.guidance) if self.cfg else out_BCFHW
 
     @torch.no_grad()
     def __call__(self, lat_1CFHW: torch.Tensor, t) -> torch.Tensor:

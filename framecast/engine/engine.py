@@ -113,18 +113,14 @@ class Engine:
             for p in (req.prompt, req.negative_prompt):
                 tokenize(p, max_len=self.cfg.text.max_length)
 
-    def _conditioning(self, req: Request):
-        from framecast.engine.denoise import Denoiser
+    def denoiser(self, prompt: str, negative_prompt: str):
+        """The guided model call for these prompts (CFG per sampler.guidance_scale)."""
+        from framecast.engine.denoise import Denoiser, cfg_prompts
 
-        text, uncond = self.encode_prompt(req)
-        return Denoiser(self.model, text, uncond, self.cfg.sampler.guidance_scale, self.dtype, self.device)
-
-    def encode_prompt(self, req: Request) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(cond [1, S, text_dim], uncond or None when CFG is off)."""
-        guided = self.cfg.sampler.guidance_scale > 1.0
-        prompts = [req.prompt, req.negative_prompt] if guided else [req.prompt]
-        text = self.text.encode(prompts)
-        return text[:1], (text[1:] if guided else None)
+        g = self.cfg.sampler.guidance_scale
+        text = self.text.encode(cfg_prompts(prompt, negative_prompt, g))
+        uncond = text[1:] if len(text) > 1 else None
+        return Denoiser(self.model, text[:1], uncond, g, self.dtype, self.device)
 
     def initial_latents(self, req: Request) -> torch.Tensor:
         shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)
@@ -143,7 +139,7 @@ class Engine:
     def _full(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
         from framecast.schedulers.full import denoise_full
 
-        denoise = self._conditioning(req)
+        denoise = self.denoiser(req.prompt, req.negative_prompt)
         sampler = self.make_sampler()
         lat = self.initial_latents(req).to(self.device)
         with tqdm(total=self.cfg.sampler.steps, desc="denoise", unit="step", disable=not progress) as bar:

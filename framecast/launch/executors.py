@@ -57,15 +57,14 @@ def run_schedule(engine, req: Request, progress: bool, record=None) -> Iterator[
     executor = make_executor(engine.cfg, engine.checkpoint)
     try:
         total = executor.collective_rpc("setup", req)[0]
-        start = 0
+        start = done = 0
         if record is not None and record.has_state():
             state = record.load_state()
             executor.collective_rpc("load_state", state)
-            start = state["next_tick"]
-            for lat in record.finished_blocks():
-                yield lat
+            start, done = state["next_tick"], state["finished"]
+            yield from record.finished_blocks(done)
         with tqdm(total=total["blocks"], desc="blocks", unit="block", disable=not progress) as bar:
-            bar.update(record.block_count() if record is not None else 0)
+            bar.update(done)
             for tick in range(start, total["ticks"], TICKS_PER_CALL):
                 stop = min(tick + TICKS_PER_CALL, total["ticks"])
                 finished = executor.collective_rpc("run_ticks", tick, stop)[0]

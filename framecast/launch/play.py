@@ -67,7 +67,6 @@ def run_play(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from framecast.config import ConfigError, load_config
-    from framecast.engine.denoise import Denoiser
     from framecast.engine.engine import Engine
     from framecast.engine.video_io import open_video_writer, to_uint8
     from framecast.schedulers.nfd import NfdRollout
@@ -99,10 +98,7 @@ def run_play(args: argparse.Namespace) -> int:
 
     engine.model  # build (or load) before the clock starts: FPS counts generation, not start-up
     start = time.perf_counter()
-    guided = cfg.sampler.guidance_scale > 1.0
-    text = engine.text.encode([args.prompt, cfg.negative_prompt] if guided else [args.prompt])
-    denoiser = Denoiser(engine.model, text[:1], text[1:] if guided else None, cfg.sampler.guidance_scale,
-                        engine.dtype, engine.device)
+    denoiser = engine.denoiser(args.prompt, cfg.negative_prompt)
     shape = (cfg.model.in_channels, cfg.video.height // stride, cfg.video.width // stride)
     rollout = NfdRollout(engine.model, denoiser, engine.make_sampler, shape, seed=seed, window=args.window,
                          context_sigma=args.context_sigma, attn_backend=cfg.model.attn_backend)

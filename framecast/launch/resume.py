@@ -63,13 +63,10 @@ class ResumeRecord:
     def load_state(self) -> dict:
         return torch.load(self.dir / "state.pt", weights_only=False)
 
-    def block_count(self) -> int:
-        return self.load_state()["finished"] if self.has_state() else 0
-
-    def finished_blocks(self) -> Iterator[torch.Tensor]:
-        """The blocks finished at the saved state (a later block on disk from an interrupted save is
-        recomputed, not reused)."""
-        for k in range(self.block_count()):
+    def finished_blocks(self, count: int) -> Iterator[torch.Tensor]:
+        """The first `count` finished blocks — the saved state's `finished` (a later block on disk
+        from an interrupted save is recomputed, not reused)."""
+        for k in range(count):
             yield torch.load(self.dir / "blocks" / f"{k:06d}.pt")
 
     def save(self, state: dict, finished: list) -> None:

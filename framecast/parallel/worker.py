@@ -63,6 +63,7 @@ class DualParalWorker:
     def setup(self, req: Request) -> dict:
         """Encode the prompt (rank 0) and share it; build the plan and the noise pool."""
         from framecast.engine.components import build_text
+        from framecast.engine.denoise import cfg_prompts, guided
         from framecast.parallel.noise import NoisePool
         from framecast.schedulers.dualparal import make_plan
 
@@ -70,11 +71,11 @@ class DualParalWorker:
         s = cfg.schedule
         self.req = req
         self.plan = make_plan(req.latent_frames, s.block_frames, s.context_frames, cfg.sampler.steps)
-        self.guided = cfg.sampler.guidance_scale > 1.0
+        self.guided = guided(cfg.sampler.guidance_scale)
         batch = 2 if self.guided else 1
         shape = (batch, cfg.text.max_length, cfg.model.text_dim)
         if self.rank == 0:
-            prompts = [req.prompt, req.negative_prompt] if self.guided else [req.prompt]
+            prompts = cfg_prompts(req.prompt, req.negative_prompt, cfg.sampler.guidance_scale)
             text = build_text(cfg, self.checkpoint).encode(prompts).to(self.device, self.dtype)
             shape = tuple(text.shape)
         if self.world > 1:  # text length can differ from the config (tokenizer): share the shape first
@@ -93,14 +94,9 @@ class DualParalWorker:
         return {"ticks": len(self.plan.ticks), "blocks": len(self.plan.blocks)}
 
     # ------------------------------------------------------------------------------ helpers
-    def _window(self, item) -> tuple[int, int]:
-        ctx = item.context
-        c = ctx.stop - ctx.start
-        return c, item.block.stop - item.block.start
-
     def _inputs(self, item) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_BCFHW, t_BF) for this block-pass; zeros as latents on stages other than the first."""
-        c, n = self._window(item)
+        c, n = item.context_frames, item.own_frames
         batch = 2 if self.guided else 1
         if self.rank == 0:
             k = item.block.index
@@ -115,16 +111,15 @@ class DualParalWorker:
 
     def _run(self, item, x_BLD=None) -> torch.Tensor:
         x, t = self._inputs(item)
-        c, _ = self._window(item)
-        return self.stage.run(x, t, self.text, context_frames=c, keep_frames=item.keep_kv,
+        return self.stage.run(x, t, self.text, context_frames=item.context_frames, keep_frames=item.keep_kv,
                               use_cache=item.use_kv, x_BLD=x_BLD)
 
     def _velocity(self, out_BCFHW: torch.Tensor, item) -> torch.Tensor:
-        c, _ = self._window(item)
+        from framecast.engine.denoise import combine_cfg
+
         if self.guided:
-            cond, uncond = out_BCFHW.chunk(2)
-            out_BCFHW = uncond + self.cfg.sampler.guidance_scale * (cond - uncond)
-        return out_BCFHW[:, :, c:]
+            out_BCFHW = combine_cfg(out_BCFHW, self.cfg.sampler.guidance_scale)
+        return out_BCFHW[:, :, item.context_frames:]
 
     def _start_block(self, item) -> None:
         b = item.block
@@ -175,8 +170,7 @@ class DualParalWorker:
             sends.append(self.ring.send(self._run(item)))
             while len(sends) > 2:  # bound the activations in flight
                 sends.popleft().wait()
-            c, n = self._window(item)
-            shape = (1, self.cfg.model.out_channels, n, *self.frame_shape[1:])
+            shape = (1, self.cfg.model.out_channels, item.own_frames, *self.frame_shape[1:])
             pending.append((item, self.ring.recv(shape, self.dtype)))
         while pending:
             done, recv = pending.popleft()
@@ -192,8 +186,7 @@ class DualParalWorker:
             self.cfg.model.patch_size[1] * self.cfg.model.patch_size[2])
 
         def post(item):
-            c, n = self._window(item)
-            return self.ring.recv((batch, (c + n) * tokens_per_frame, dim), self.dtype)
+            return self.ring.recv((batch, item.query_frames * tokens_per_frame, dim), self.dtype)
 
         sends: collections.deque = collections.deque()
         recv = post(items[0]) if items else None
