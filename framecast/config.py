@@ -56,7 +56,7 @@ class VaeConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "unipc"  # unipc | euler
+    name: str = "unipc"  # unipc | euler (diffusers' FlowMatchEuler table) | euler-wan (Euler on Wan's sigmas)
     steps: int = 50  # denoising steps per frame
     shift: float = 3.0  # flow sigma shift (Wan: 3.0 at 480p, 5.0 at 720p)
     guidance_scale: float = 5.0  # classifier-free guidance; <= 1 turns CFG off
@@ -72,9 +72,13 @@ class VideoConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "full"  # full (whole clip at one noise level) | dualparal (staggered blocks)
+    name: str = "full"  # full (whole clip at one noise level) | dualparal (staggered blocks) | nfd (frame by frame)
     block_frames: int = 8  # DualParal N: latent frames per block
     context_frames: int = 4  # DualParal C: latent frames of the older neighbour as left context
+    window: int = 32  # NFD: committed frames a new frame attends to (the KV cache window; NFD: 32)
+    context_sigma: float = 0.0  # NFD: noise level in [0, 1) of committed frames against drift (0 = clean)
+    speculate: int = 1  # NFD: draft K frames under the current action, keep those the actions confirm (1 = off)
+    draft_mode: str = "joint"  # NFD drafts: joint (one batched pass per step) | sequential (= plain NFD)
 
 
 @dataclass
@@ -107,8 +111,9 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "text.kind": ("umt5", "builtin"),
     "vae.kind": ("wan", "identity"),
-    "sampler.name": ("unipc", "euler"),
-    "schedule.name": ("full", "dualparal"),
+    "sampler.name": ("unipc", "euler", "euler-wan"),
+    "schedule.name": ("full", "dualparal", "nfd"),
+    "schedule.draft_mode": ("joint", "sequential"),
     "parallel.launcher": ("local", "torchrun", "ray"),
     "parallel.placement": ("PACK", "SPREAD"),
 }
@@ -120,7 +125,8 @@ MINIMUM = {
     "text.max_length": 1, "vae.temporal_stride": 1, "vae.spatial_stride": 1,
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
-    "schedule.block_frames": 1, "schedule.context_frames": 0, "parallel.workers": 1, "seed": 0,
+    "schedule.block_frames": 1, "schedule.context_frames": 0, "schedule.window": 1, "schedule.context_sigma": 0.0,
+    "schedule.speculate": 1, "parallel.workers": 1, "seed": 0,
 }
 
 
@@ -204,6 +210,11 @@ def validate(cfg: Config) -> None:
     if cfg.schedule.context_frames > cfg.schedule.block_frames:
         raise ConfigError(f"schedule.context_frames={cfg.schedule.context_frames} must be <= "
                           f"schedule.block_frames={cfg.schedule.block_frames}")
+    if not cfg.schedule.context_sigma < 1.0:
+        raise ConfigError(f"schedule.context_sigma={cfg.schedule.context_sigma} is out of range; must be in [0, 1)")
+    if cfg.schedule.name == "nfd" and (m.patch_size[0] != 1 or cfg.vae.temporal_stride != 1):
+        raise ConfigError(f"schedule.name=nfd generates one video frame at a time: it needs model.patch_size[0]=1 "
+                          f"and vae.temporal_stride=1, got {m.patch_size[0]} and {cfg.vae.temporal_stride}")
     if cfg.parallel.layer_split:
         split = list(cfg.parallel.layer_split)
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:

@@ -166,8 +166,14 @@ def test_make_sampler_registry():
     assert isinstance(make_sampler("euler", 3.0), FlowEuler)
     u = make_sampler("unipc", 5.0, num_train_timesteps=1000)
     assert isinstance(u, FlowUniPC) and u.shift == 5.0
-    with pytest.raises(ValueError, match="euler, unipc"):
+    with pytest.raises(ValueError, match="euler, euler-wan, unipc"):
         make_sampler("ddim", 3.0)
+    # euler-wan: Euler on Wan's sigmas, every step a real stretch (4 steps at shift 1: ~1, .75, .5, .25 -> 0)
+    w = make_sampler("euler-wan", 1.0)
+    w.set_timesteps(4)
+    assert isinstance(w, FlowEuler)
+    assert torch.allclose(w.sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), atol=1e-3)  # linspace(1, 1/N)
+    assert w.timesteps.tolist() == [999.0, 750.0, 500.0, 250.0]
     # diffusers gives inf there (λ = +inf at the last sigma); we refuse instead.
     with pytest.raises(ValueError, match="lower_order_final=False"):
         FlowUniPC(shift=3.0, lower_order_final=False)

@@ -1,6 +1,8 @@
 """NFD play: plan, causal KV cache, rollout, speculative drafting, play CLI (tiny random models)."""
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -272,3 +274,57 @@ def test_play_bad_action_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("framecast: error:") and "'jump'" in err
     assert all(a in err for a in ACTIONS) and not out.exists()
+
+
+# ---- no-cache baseline, Engine.stream with schedule nfd -------------------------------------------
+
+def test_no_cache_rollout_equals_cached_until_the_window_slides():
+    from framecast.schedulers.nfd import NfdRolloutNoCache
+
+    model = tiny_model()
+    actions = [0, 4, 4, 1, 2, 2, 3]
+    cached = rollout(model, window=4, context_sigma=0.05)
+    ref = cat(cached.generate(actions))
+    r = rollout(model, window=4, context_sigma=0.05)
+    plain = NfdRolloutNoCache(r.model, r.denoiser, r.new_sampler, r.frame_shape, seed=r.seed, window=4,
+                              context_sigma=0.05)
+    out = cat(plain.generate(actions))
+    # frames 0..4 see windows that never slid (frame 4 attends to frames 0..3): identical up to fp32
+    torch.testing.assert_close(out[:, :, :5], ref[:, :, :5], atol=1e-5, rtol=0)
+    assert out.shape == ref.shape and plain.forwards == len(actions) * 2  # no commit passes
+    assert cached.forwards == len(actions) * 3
+
+
+def test_engine_streams_nfd_with_actions():
+    from framecast.engine.engine import Engine
+
+    engine = Engine.from_preset("tiny-play", SMALL)
+    actions = ["none", "right", "right", "up", 2]
+    frames = list(engine.stream("", frames=5, seed=4, actions=actions))
+    session = engine.play_session(seed=4)
+    assert all(np.array_equal(f, session.push(a)) for f, a in zip(frames, actions))
+    assert frames[0].shape == (16, 16, 3) and frames[0].dtype == np.uint8
+    with pytest.raises(ValueError, match="unknown action 'jump'; valid: none, up, down, left, right"):
+        engine.stream("", frames=2, actions=["none", "jump"])
+    with pytest.raises(ValueError, match="actions: 1 given for 2 frames"):
+        engine.stream("", frames=2, actions=["none"])
+    text = Engine.from_preset("tiny", ["schedule.name=full"])
+    with pytest.raises(ValueError, match="schedule.name=nfd only"):
+        text.stream("a red circle moving right", frames=2, actions=["none", "up"])
+
+
+@pytest.mark.parametrize("schedule", ["full", "dualparal", "nfd"])
+def test_every_schedule_streams(schedule):
+    from framecast.engine.engine import Engine
+
+    engine = Engine.from_preset("tiny", [f"schedule.name={schedule}", "sampler.steps=2"])
+    frames = list(engine.stream("a red circle moving right", frames=9, seed=0))
+    assert len(frames) == 9 and all(f.shape == (32, 32, 3) for f in frames)
+
+
+def test_nfd_text_model_takes_no_actions():
+    from framecast.engine.engine import Engine
+
+    engine = Engine.from_preset("tiny", ["schedule.name=nfd", "sampler.steps=2"])
+    with pytest.raises(ValueError, match="only 'none' is allowed"):
+        list(engine.stream("a red circle moving right", frames=2, actions=["none", "up"]))

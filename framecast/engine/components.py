@@ -108,14 +108,21 @@ def load_builtin(name: str, cfg: Config):
     """Shipped weights framecast/weights/NAME.safetensors: keys `transformer.*` and `text_encoder.*`."""
     import importlib.resources
 
+    path = importlib.resources.files("framecast.weights").joinpath(f"{name}.safetensors")
+    if not path.is_file():
+        raise ConfigError(f"model.weights='builtin:{name}': no shipped weights named {name!r}")
+    return load_world_weights(str(path), cfg, f"builtin weights {name!r}")
+
+
+def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
+    """(WanModel, BuiltinTextEncoder) from a world weights file (`framecast train`'s
+    weights.safetensors layout: keys `transformer.*` and `text_encoder.*`)."""
     from safetensors.torch import load_file
 
     from framecast.engine.text import BuiltinTextEncoder
     from framecast.models.wan import WanModel
 
-    path = importlib.resources.files("framecast.weights").joinpath(f"{name}.safetensors")
-    if not path.is_file():
-        raise ConfigError(f"model.weights='builtin:{name}': no shipped weights named {name!r}")
+    what = what or f"weights {str(path)!r}"
     sd = load_file(str(path))
     model = WanModel(**model_kwargs(cfg))
     text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
@@ -124,7 +131,7 @@ def load_builtin(name: str, cfg: Config):
         try:
             module.load_state_dict(part, strict=True)
         except RuntimeError as e:
-            raise CheckpointError(f"builtin weights {name!r} do not match the preset's model config: "
+            raise CheckpointError(f"{what} do not match the preset's model config: "
                                   f"{str(e).splitlines()[0]}") from None
     return model, text
 

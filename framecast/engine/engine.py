@@ -83,20 +83,51 @@ class Engine:
         return DTYPES[self.cfg.model.dtype]
 
     def request(self, prompt, **kwargs) -> Request:
+        # NFD play models are trained on the empty prompt: only that schedule accepts "".
+        kwargs.setdefault("allow_empty_prompt", self.cfg.schedule.name == "nfd")
         return make_request(self.cfg, prompt, **kwargs)
+
+    def play_session(self, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None):
+        """An interactive NFD rollout (`PlaySession.push(action) -> uint8 [H, W, 3]`); `total`: frames
+        the caller will ask for, if known (drafts never run past it)."""
+        from framecast.engine.play_session import PlaySession
+
+        return PlaySession(self, prompt, seed, total)
 
     # ----------------------------------------------------------------------------------- stream
     def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                seed: Optional[int] = None, negative_prompt: Optional[str] = None,
-               progress: bool = False) -> Iterator[np.ndarray]:
-        """Yield uint8 frames [H, W, 3] as they are decoded."""
+               actions: Optional[Sequence] = None, progress: bool = False) -> Iterator[np.ndarray]:
+        """Yield uint8 frames [H, W, 3] as they are decoded, for every schedule. `actions`
+        (schedule.name=nfd only): one action per frame (names in `world.captions.ACTIONS` or ids);
+        default "none" throughout."""
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         self.check_prompt(req)
-        return self._stream(req, progress)
+        ids = self._actions(req, actions)
+        return self._stream(req, progress, actions=ids)
 
-    def _stream(self, req: Request, progress: bool, record=None, sink=None) -> Iterator[np.ndarray]:
+    def _actions(self, req: Request, actions: Optional[Sequence]) -> Optional[list[int]]:
+        """Validated action ids for an NFD request (None for the other schedules)."""
+        from framecast.engine.play_session import action_id
+
+        if self.cfg.schedule.name != "nfd":
+            if actions is not None:
+                raise ValueError(f"actions are taken by schedule.name=nfd only, not {self.cfg.schedule.name!r}")
+            return None
+        if actions is None:
+            return [0] * req.frames
+        ids = [action_id(a) for a in actions]
+        if len(ids) != req.frames:
+            raise ValueError(f"actions: {len(ids)} given for {req.frames} frames; give one per frame")
+        return ids
+
+    def _stream(self, req: Request, progress: bool, record=None, sink=None,
+                actions: Optional[list[int]] = None) -> Iterator[np.ndarray]:
         from framecast.engine.video_io import to_uint8
 
+        if self.cfg.schedule.name == "nfd":
+            yield from self._nfd(req, actions, progress)
+            return
         decoder = self.vae.decoder()
         for lat in self._latent_blocks(req, progress, record):
             if sink is not None:
@@ -136,6 +167,16 @@ class Engine:
 
             yield from run_schedule(self, req, progress, record)
 
+    def _nfd(self, req: Request, actions: list[int], progress: bool) -> Iterator[np.ndarray]:
+        session = self.play_session(req.prompt, req.seed, total=req.frames)
+        try:
+            with tqdm(total=req.frames, desc="nfd", unit="frame", disable=not progress) as bar:
+                for a in actions:
+                    yield session.push(a)
+                    bar.update()
+        finally:
+            session.close()
+
     def _full(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
         from framecast.schedulers.full import denoise_full
 
@@ -152,15 +193,18 @@ class Engine:
                  seconds: Optional[float] = None, seed: Optional[int] = None,
                  negative_prompt: Optional[str] = None, overwrite: bool = False,
                  progress: bool = False, resume: bool = False,
-                 latents_out: str | os.PathLike | None = None) -> Path:
+                 latents_out: str | os.PathLike | None = None, actions: Optional[Sequence] = None) -> Path:
         """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path.
         `latents_out`: also save the final latents [1, C, F, h, w] there (torch.save; for checks —
-        it holds the whole video's latents in memory)."""
+        it holds the whole video's latents in memory). `actions`: as in `stream` (nfd only)."""
         from framecast.engine.video_io import open_video_writer
 
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         self.last_request = req
         self.check_prompt(req)
+        ids = self._actions(req, actions)
+        if latents_out is not None and ids is not None:
+            raise ValueError("latents_out is not available for schedule.name=nfd (frames leave the rollout as pixels)")
         record = None
         if self.cfg.schedule.name == "dualparal":
             from framecast.launch.resume import ResumeRecord
@@ -176,7 +220,7 @@ class Engine:
         sink = [] if latents_out is not None else None
         try:
             with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
-                for frame in self._stream(req, progress, record, sink):
+                for frame in self._stream(req, progress, record, sink, ids):
                     writer.write(frame)
                     bar.update()
         except BaseException:

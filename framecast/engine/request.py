@@ -45,10 +45,12 @@ def _positive_int(name: str, value) -> int:
 
 def make_request(cfg: Config, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                  seed: Optional[int] = None, negative_prompt: Optional[str] = None,
-                 height: Optional[int] = None, width: Optional[int] = None) -> Request:
+                 height: Optional[int] = None, width: Optional[int] = None,
+                 allow_empty_prompt: bool = False) -> Request:
+    """`allow_empty_prompt`: an action model may run on "" (the play models are trained on it)."""
     if not isinstance(prompt, str):
         raise RequestError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
+    if not prompt.strip() and not allow_empty_prompt:
         raise RequestError("prompt must not be empty")
     negative_prompt = cfg.negative_prompt if negative_prompt is None else negative_prompt
     if not isinstance(negative_prompt, str):

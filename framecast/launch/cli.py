@@ -1,4 +1,4 @@
-"""The `framecast` command line: generate, info, eval (and the commands other modules add).
+"""The `framecast` command line: generate, info, eval, play, train, serve.
 
 Errors in user input print one line (`framecast: error: ...`) and exit 2 without a traceback and
 without touching the output path.
@@ -31,8 +31,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
     p.add_argument("--negative-prompt", default=None, help="prompt for the unconditional CFG branch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--schedule", choices=("full", "dualparal"), default=None,
-                   help="full: whole clip at one noise level; dualparal: staggered frame blocks")
+    p.add_argument("--schedule", choices=("full", "dualparal", "nfd"), default=None,
+                   help="full: whole clip at one noise level; dualparal: staggered frame blocks; "
+                        "nfd: frame by frame on a KV cache (action models: see `framecast play`)")
     p.add_argument("--workers", type=int, default=None, help="DualParal pipeline stages W (layer shards)")
     p.add_argument("--launcher", choices=("local", "torchrun", "ray"), default=None,
                    help="how DualParal workers run (local needs --workers 1)")
@@ -153,8 +154,21 @@ def cmd_train(args) -> int:
     return run_train(args)
 
 
+def _add_serve(sub) -> None:
+    from framecast.launch.server import add_serve_arguments  # starlette/uvicorn load only in run_serve
+
+    add_serve_arguments(sub.add_parser("serve", help="HTTP + WebSocket server: live play with arrow keys and "
+                                                     "text-to-video streaming in a browser"))
+
+
+def cmd_serve(args) -> int:
+    from framecast.launch.server import run_serve
+    return run_serve(args)
+
+
 COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
-            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play), "train": (_add_train, cmd_train)}
+            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play), "train": (_add_train, cmd_train),
+            "serve": (_add_serve, cmd_serve)}
 
 
 def build_parser() -> argparse.ArgumentParser:

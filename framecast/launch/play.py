@@ -17,8 +17,6 @@ import sys
 import time
 from typing import Optional, Sequence
 
-DEFAULT_WINDOW = 32  # committed frames a frame attends to (NFD: 32)
-
 
 def add_play_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny-play", help="config preset of an action model (default tiny-play)")
@@ -29,16 +27,16 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames to generate (default: one per action; more holds the last action)")
     parser.add_argument("--out", required=True, help="output: NAME.mp4, or DIR/ for numbered PNG frames")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
-    parser.add_argument("--speculate", type=int, default=1, metavar="K",
+    parser.add_argument("--speculate", type=int, default=None, metavar="K",
                         help="draft K frames under the current action and keep those the actions confirm "
-                             "(1 = off)")
-    parser.add_argument("--draft-mode", choices=("joint", "sequential"), default="joint",
+                             "(1 = off; default schedule.speculate)")
+    parser.add_argument("--draft-mode", choices=("joint", "sequential"), default=None,
                         help="joint: K drafts in one batched pass per step (NFD; drafts see drafts mid-denoise); "
-                             "sequential: same video as --speculate 1, no compute saved")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help=f"committed frames each frame attends to (default {DEFAULT_WINDOW})")
-    parser.add_argument("--context-sigma", type=float, default=0.0,
-                        help="noise level of committed context frames in [0, 1) (default 0: clean)")
+                             "sequential: same video as --speculate 1, no compute saved (default schedule.draft_mode)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="committed frames each frame attends to (default schedule.window)")
+    parser.add_argument("--context-sigma", type=float, default=None,
+                        help="noise level of committed context frames in [0, 1) (default schedule.context_sigma)")
     parser.add_argument("--prompt", default="", help="text prompt for the model's cross-attention (default empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,86 +50,68 @@ def _check_args(args, n_actions: int) -> int:
     if frames < n_actions:
         raise ValueError(f"--frames {frames} is fewer than the {n_actions} actions given; shorten the spec "
                          f"or drop --frames")
-    if args.speculate < 1:
+    if args.speculate is not None and args.speculate < 1:
         raise ValueError(f"--speculate must be >= 1 (1 = off), got {args.speculate}")
-    if args.window < 1:
+    if args.window is not None and args.window < 1:
         raise ValueError(f"--window must be >= 1 (frames), got {args.window}")
-    if not 0.0 <= args.context_sigma < 1.0:
+    if args.context_sigma is not None and not 0.0 <= args.context_sigma < 1.0:
         raise ValueError(f"--context-sigma must be in [0, 1), got {args.context_sigma}")
     return frames
 
 
+def play_overrides(args) -> list[str]:
+    """The flags as schedule.* overrides (after the user's KEY=VALUE ones, so the flags win)."""
+    out = ["schedule.name=nfd"]
+    for flag, key in (("speculate", "speculate"), ("draft_mode", "draft_mode"), ("window", "window"),
+                      ("context_sigma", "context_sigma")):
+        if getattr(args, flag) is not None:
+            out.append(f"schedule.{key}={getattr(args, flag)}")
+    return list(args.overrides) + out
+
+
 def run_play(args: argparse.Namespace) -> int:
     """Validate everything, then generate and write; prints one summary line. Returns 0."""
-    import torch
     from tqdm.auto import tqdm
 
     from framecast.config import ConfigError, load_config
     from framecast.engine.engine import Engine
-    from framecast.engine.video_io import open_video_writer, to_uint8
-    from framecast.schedulers.nfd import NfdRollout
-    from framecast.schedulers.speculative import SpeculationStats, speculative_generate
+    from framecast.engine.video_io import open_video_writer
     from framecast.world.captions import ACTIONS
     from framecast.world.evaluate import parse_action_spec
 
     names = parse_action_spec(args.actions)  # one-line ValueError naming bad actions and the valid ones
     frames = _check_args(args, len(names))
     names = names + [names[-1]] * (frames - len(names))
-    cfg = load_config(args.preset, list(args.overrides))
+    cfg = load_config(args.preset, play_overrides(args))
     if cfg.model.num_actions < len(ACTIONS):
         raise ConfigError(f"preset {args.preset!r} has model.num_actions={cfg.model.num_actions}; play needs an "
                           f"action model with num_actions >= {len(ACTIONS)} (e.g. --preset tiny-play)")
-    if cfg.vae.temporal_stride != 1:
-        raise ConfigError(f"vae.temporal_stride={cfg.vae.temporal_stride}: play needs one latent frame per video "
-                          f"frame (temporal_stride 1) so each frame takes its own action")
     stride = cfg.vae.spatial_stride
     if cfg.video.height % stride or cfg.video.width % stride:
         raise ConfigError(f"video.height/width={cfg.video.height}x{cfg.video.width} must be multiples of "
                           f"vae.spatial_stride={stride}")
-    seed = cfg.seed if args.seed is None else args.seed
     engine = Engine(cfg)
-    if cfg.text.kind == "builtin":
-        from framecast.world.captions import tokenize
-
-        tokenize(args.prompt, max_len=cfg.text.max_length)
-    writer = open_video_writer(args.out, fps=cfg.video.fps, overwrite=args.overwrite)
-
     engine.model  # build (or load) before the clock starts: FPS counts generation, not start-up
+    session = engine.play_session(args.prompt, args.seed, total=frames)  # validates prompt and seed
+    writer = open_video_writer(args.out, fps=cfg.video.fps, overwrite=args.overwrite)
     start = time.perf_counter()
-    denoiser = engine.denoiser(args.prompt, cfg.negative_prompt)
-    shape = (cfg.model.in_channels, cfg.video.height // stride, cfg.video.width // stride)
-    rollout = NfdRollout(engine.model, denoiser, engine.make_sampler, shape, seed=seed, window=args.window,
-                         context_sigma=args.context_sigma, attn_backend=cfg.model.attn_backend)
-    stats = SpeculationStats()
-    ids = [ACTIONS.index(n) for n in names]
-    if args.speculate > 1:
-        latents = speculative_generate(rollout, ids, args.speculate, args.draft_mode, stats)
-    else:
-        latents = rollout.generate(ids)
-    decoder = engine.vae.decoder()
-    model_s = 0.0
     try:
         with tqdm(total=frames, desc="play", unit="frame", disable=args.quiet) as bar:
-            while True:
-                t0 = time.perf_counter()
-                lat = next(latents, None)
-                if engine.device.type == "cuda":
-                    torch.cuda.synchronize()
-                model_s += time.perf_counter() - t0
-                if lat is None:
-                    break
-                writer.write(to_uint8(decoder.decode(lat)[0]))
+            for name in names:
+                writer.write(session.push(name))
                 bar.update()
+        session.close()
     except BaseException:
         writer.abort()
         raise
     path = writer.close()
     wall = time.perf_counter() - start
-    spec = (f"speculation K={args.speculate} ({args.draft_mode}): {stats.summary()}" if args.speculate > 1
+    sc = cfg.schedule
+    spec = (f"speculation K={sc.speculate} ({sc.draft_mode}): {session.stats.summary()}" if sc.speculate > 1
             else "speculation off")
     print(f"framecast: played {frames} frames ({cfg.video.width}x{cfg.video.height}) in {wall:.1f} s: "
-          f"{frames / wall:.1f} FPS end-to-end, {frames / max(model_s, 1e-9):.1f} FPS generation "
-          f"({rollout.forwards} model passes, {engine.device.type}); {spec} -> {path}")
+          f"{frames / wall:.1f} FPS end-to-end, {frames / max(session.model_s, 1e-9):.1f} FPS generation "
+          f"({session.rollout.forwards} model passes, {engine.device.type}); {spec} -> {path}")
     return 0
 
 

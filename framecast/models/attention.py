@@ -35,7 +35,17 @@ class BlockCausal:
         return (self.q_start_frame + q_frame + 1) * self.frame_tokens
 
 
-Mask = Union[None, torch.Tensor, BlockCausal]
+@dataclass(frozen=True)
+class TeacherForcing:
+    """The play model's training layout (`framecast.world.causal_training`): 2F frames of
+    `frame_tokens`, [clean_0 .. clean_{F-1} | noisy_0 .. noisy_{F-1}]. clean_i sees clean_0..i
+    (block-causal); noisy_i sees clean_0..clean_{i-1} and itself — what frame i sees when it is
+    denoised on NFD's KV cache. Queries and keys are the same 2F frames."""
+
+    frame_tokens: int
+
+
+Mask = Union[None, torch.Tensor, BlockCausal, TeacherForcing]
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,24 @@ def _per_query_frame(fn, q_BLNH, k_BSNH, v_BSNH, mask: BlockCausal, scale):
     return torch.cat(outs, dim=1)
 
 
+def _teacher_forcing(fn, q_BLNH, k_BSNH, v_BSNH, mask: TeacherForcing, scale):
+    """TeacherForcing without a dense mask: the clean half is block-causal (key prefixes), each
+    noisy frame attends to the clean prefix before it plus its own keys."""
+    ft, total = mask.frame_tokens, q_BLNH.shape[1]
+    if total % (2 * ft) or k_BSNH.shape[1] != total:
+        raise ValueError(f"TeacherForcing: {total} query / {k_BSNH.shape[1]} key tokens is not 2F frames of "
+                         f"frame_tokens={ft} each")
+    half = total // 2
+    clean = _per_query_frame(fn, q_BLNH[:, :half], k_BSNH[:, :half], v_BSNH[:, :half], BlockCausal(ft), scale)
+    outs = [clean]
+    for f in range(half // ft):
+        own = slice(half + f * ft, half + (f + 1) * ft)
+        k = torch.cat([k_BSNH[:, :f * ft], k_BSNH[:, own]], dim=1)
+        v = torch.cat([v_BSNH[:, :f * ft], v_BSNH[:, own]], dim=1)
+        outs.append(fn(q_BLNH[:, own], k, v, scale))
+    return torch.cat(outs, dim=1)
+
+
 def _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=None):
     # SDPA wants heads before tokens: (B, N, L, H).
     o_BNLH = F.scaled_dot_product_attention(
@@ -125,6 +153,8 @@ def _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=None):
 def sdpa_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None):
     if isinstance(mask, BlockCausal):
         return _per_query_frame(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+    if isinstance(mask, TeacherForcing):
+        return _teacher_forcing(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     return _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=mask)
 
 
@@ -156,6 +186,8 @@ def _flash(q_BLNH, k_BSNH, v_BSNH, scale):
 def flash_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None):
     if isinstance(mask, BlockCausal):
         return _per_query_frame(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+    if isinstance(mask, TeacherForcing):
+        return _teacher_forcing(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     if mask is not None:
         raise ValueError("flash backend: dense masks are not supported")
     return _flash(q_BLNH, k_BSNH, v_BSNH, scale)

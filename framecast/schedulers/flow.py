@@ -305,7 +305,17 @@ class FlowUniPC(_StepCounter):
 # Registry and diffusers configs
 # ---------------------------------------------------------------------------------------------
 
-SAMPLERS = {"euler": FlowEuler, "unipc": FlowUniPC}
+class FlowEulerWan(FlowEuler):
+    """Euler on Wan's original sigmas (UniPC's: shift(linspace(1, 1/N, n + 1)[:-1]), then 0). Unlike
+    diffusers' Euler table, whose last step runs from σ ≈ 0.001·shift to 0 and so does almost
+    nothing, every step here covers a real stretch: 4 steps at shift 1 are σ = 1, .75, .5, .25 -> 0,
+    the grid a few-step distilled model is trained on (`framecast.world.causal_training`)."""
+
+    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000):
+        super().__init__(shift, num_train_timesteps, schedule="unipc")
+
+
+SAMPLERS = {"euler": FlowEuler, "euler-wan": FlowEulerWan, "unipc": FlowUniPC}
 
 
 def make_sampler(name: str, shift: float, num_train_timesteps: int = 1000):

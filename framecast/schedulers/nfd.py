@@ -128,12 +128,9 @@ class NfdRollout:
         self.frame_shape = tuple(frame_shape)
         self.seed, self.context_sigma, self.attn_backend = seed, float(context_sigma), attn_backend
         self.num_train_timesteps = num_train_timesteps
-        self.cache = CausalKVCache(window)
+        self.cache = CausalKVCache(window)  # validates window
+        self.window = window
         self.forwards = 0  # model passes run (denoising steps + commit passes), for FPS accounting
-
-    @property
-    def window(self) -> int:
-        return self.cache.window
 
     def _noise(self, start: int, n: int, stream: str) -> torch.Tensor:
         frames = [frame_noise(self.seed, start + i, self.frame_shape, stream) for i in range(n)]
@@ -142,7 +139,9 @@ class NfdRollout:
     @torch.no_grad()
     def _predict(self, lat_1CFHW: torch.Tensor, t_F: torch.Tensor, actions: Sequence[int], hook) -> torch.Tensor:
         x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
-        actions_BF = torch.tensor(list(actions), device=x.device)[None].expand(x.shape[0], -1)
+        actions_BF = None  # a model without actions (num_actions=0) runs NFD on its prompt alone
+        if self.model.action_embedder is not None:
+            actions_BF = torch.tensor(list(actions), device=x.device)[None].expand(x.shape[0], -1)
         self.forwards += 1
         out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.attn_backend)
         return self.denoiser.combine(out).float()
@@ -187,3 +186,57 @@ class NfdRollout:
     def generate(self, actions: Sequence[int]) -> Iterator[torch.Tensor]:
         """Plain NFD: one frame at a time, frame f under actions[f]."""
         return self.run(nfd_plan(actions, self.window, draft=1))
+
+
+class NfdRolloutNoCache(NfdRollout):
+    """The same rollout without a KV cache (the baseline the cache is measured against): it keeps
+    the committed frames' latents (at the context noise level) and every denoising pass recomputes
+    [window | new frame] under the block-causal mask; a commit costs no pass. Until the window
+    first slides this makes the cached rollout's frames (a committed frame's K/V then come from the
+    same context either way); after that each window frame is re-encoded on the truncated window
+    only. No rollback: speculation needs `NfdRollout`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cache = None
+        self._window: list[tuple[torch.Tensor, int]] = []  # (latents [1, C, 1, H, W] at σc, action id)
+        self._frames = 0
+
+    def denoise(self, start: int, actions: Sequence[int]) -> torch.Tensor:
+        if start != self._frames:
+            raise RuntimeError(f"denoise: frame {start} requested but {self._frames} frames are committed")
+        n, c = len(actions), len(self._window)
+        sc_t = self.context_sigma * self.num_train_timesteps
+        lat = self._noise(start, n, "noise")
+        sampler = self.new_sampler()
+        for t in sampler.timesteps:
+            both = torch.cat([w for w, _ in self._window] + [lat], dim=2)
+            t_F = torch.cat([torch.full((c,), sc_t), t.float().cpu().expand(n)]).to(lat.device)
+            velocity = self._predict_window(both, t_F, [a for _, a in self._window] + list(actions), c)
+            lat = sampler.step(velocity, t, lat)
+        return lat
+
+    @torch.no_grad()
+    def _predict_window(self, lat_1CFHW, t_F, actions, c: int) -> torch.Tensor:
+        x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
+        actions_BF = None
+        if self.model.action_embedder is not None:
+            actions_BF = torch.tensor(list(actions), device=x.device)[None].expand(x.shape[0], -1)
+        self.forwards += 1
+        x_BLD, ctx = self.model.embed(x, t_BF, text, actions_BF)
+        ctx.mask, ctx.attn_backend = BlockCausal(frame_tokens=ctx.grid[1] * ctx.grid[2]), self.attn_backend
+        for block in self.model.blocks:
+            x_BLD = block(x_BLD, ctx)
+        return self.denoiser.combine(self.model.head(x_BLD, ctx)[:, :, c:]).float()
+
+    def commit(self, start: int, lat_1CFHW: torch.Tensor, actions: Sequence[int]) -> None:
+        n, sc = len(actions), self.context_sigma
+        if start != self._frames or lat_1CFHW.shape[2] != n:
+            raise RuntimeError(f"commit: frames {start}..{start + n - 1} do not follow the {self._frames} "
+                               f"committed frames (or the latents are not {n} frames)")
+        if sc > 0:
+            lat_1CFHW = (1 - sc) * lat_1CFHW + sc * self._noise(start, n, "context")
+        for i, a in enumerate(actions):
+            self._window.append((lat_1CFHW[:, :, i:i + 1], int(a)))
+        self._window = self._window[-self.window:]
+        self._frames += n

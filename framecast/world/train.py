@@ -11,8 +11,11 @@ Recipe (shared/methods/world.md):
   dominated by its random start) — the EMA is what ships.
 - Caption dropout: `caption_dropout` of the clips see the empty prompt ("" -> "</s>" only), the
   unconditional branch of classifier-free guidance.
-- Play models (`play=True`): block-causal self-attention (frame f sees frames <= f, NFD) and
-  action adaLN; the prompt is always empty.
+- Play models (`play=True`): action adaLN, the prompt always empty, trained as NFD runs them —
+  each frame denoised on its clean (σc-noised) past, block-causal, with the clip laid out twice
+  (teacher forcing, `causal_training.py`). `distill_from` turns the run into few-step
+  distillation of that teacher onto the sampler's grid (cfg.sampler.steps, euler-wan).
+- Learning rate: linear warm-up, then cosine decay to lr·lr_final at the last step.
 
 Determinism: the model init, the data and every step's noise derive from `seed` alone — the
 noise of step n from a generator seeded with (seed, n), the data from `world_batches(seed)`
@@ -41,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from framecast.config import Config, load_config
+from framecast.engine.components import sampler_factory
 
 
 @dataclass
@@ -54,8 +58,12 @@ class TrainOptions:
     uniform_prob: float = 0.5     # fraction of clips with one σ for all frames (else σ per frame)
     logit_mean: float = 0.0       # logit-normal σ: sigmoid(N(mean, std))
     logit_std: float = 1.0
+    lr_final: float = 0.1         # cosine decay after warm-up, to lr·lr_final at the last step (1 = constant)
     save_every: int = 250         # steps between checkpoints (and always at the end)
     play: bool = False            # block-causal play model with actions (tiny-play)
+    context_sigma_max: float = 0.1  # play: context frames noised at σc ~ U[0, this] (GameNGen augmentation)
+    distill_from: str = ""        # play: teacher weights (a train --out folder or builtin:NAME) -> few-step student
+    substeps: int = 4             # distillation: teacher Euler steps per student step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,21 +129,29 @@ def predict(nets: nn.ModuleDict, x_BCFHW: torch.Tensor, t_BF: torch.Tensor, toke
 
 
 def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOptions,
-            empty_tokens: torch.Tensor, device) -> torch.Tensor:
-    """Flow-matching loss of one batch; all randomness drawn (on CPU) from `gen`."""
+            empty_tokens: torch.Tensor, device, teacher: Optional[nn.ModuleDict] = None,
+            grid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Loss of one batch (flow matching; distillation when `teacher` is given); all randomness
+    drawn (on CPU) from `gen`."""
+    from framecast.world.causal_training import distill_loss, play_loss
+
     x0 = batch["video"]                                                # (B, C, F, H, W)
     b, _, f = x0.shape[:3]
+    if opt.play:
+        tokens, actions = empty_tokens.expand(b, -1).to(device), batch["actions"].to(device)
+        if teacher is not None:
+            return distill_loss(nets, teacher, x0.to(device), actions, tokens, grid, gen,
+                                opt.context_sigma_max, opt.substeps)
+        sigma_BF = sample_sigmas(gen, b, f, opt).to(device)
+        return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max)
     sigma_BF = sample_sigmas(gen, b, f, opt)
     noise = torch.randn(x0.shape, generator=gen)
     drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
-    if opt.play:
-        tokens, actions = empty_tokens.expand(b, -1), batch["actions"].to(device)
-    else:
-        tokens, actions = torch.where(drop_B[:, None], empty_tokens, batch["tokens"]), None
+    tokens = torch.where(drop_B[:, None], empty_tokens, batch["tokens"])
     x0, noise, sigma_BF = x0.to(device), noise.to(device), sigma_BF.to(device)
     s = sigma_BF[:, None, :, None, None]                               # (B, 1, F, 1, 1)
     x_t = (1 - s) * x0 + s * noise
-    v = predict(nets, x_t, sigma_BF * 1000, tokens.to(device), actions, causal=opt.play)
+    v = predict(nets, x_t, sigma_BF * 1000, tokens.to(device))
     return F.mse_loss(v.float(), (noise - x0).float())
 
 
@@ -143,8 +159,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
 
 
-def lr_at(step: int, opt: TrainOptions) -> float:
-    return opt.lr * min(1.0, (step + 1) / max(1, opt.warmup))
+def lr_at(step: int, opt: TrainOptions, steps: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from lr to lr·lr_final at step `steps` − 1."""
+    if step < opt.warmup:
+        return opt.lr * (step + 1) / opt.warmup
+    progress = (step - opt.warmup) / max(1, steps - 1 - opt.warmup)
+    return opt.lr * (opt.lr_final + (1 - opt.lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 @torch.no_grad()
@@ -187,6 +207,13 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     dev = torch.device(device)
 
     nets = build(cfg, seed).to(dev).train()
+    teacher, grid = None, None
+    if opt.distill_from:
+        if not opt.play:
+            raise ValueError("distillation (distill_from) is for play models; add --play")
+        teacher = load_teacher(cfg, opt.distill_from).to(dev).eval().requires_grad_(False)
+        nets.load_state_dict(teacher.state_dict())  # the student starts as the teacher
+        grid = sampler_factory(cfg)().sigmas  # the few-step grid the student will be sampled on
     ema = build(cfg, seed).to(dev).eval()
     ema.load_state_dict(nets.state_dict())
     ema.requires_grad_(False)
@@ -218,8 +245,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step", disable=not progress)
     for step in bar:
         for group in optim.param_groups:
-            group["lr"] = lr_at(step, opt)
-        loss = loss_on(nets, next(data), step_generator(seed, step), opt, empty, dev)
+            group["lr"] = lr_at(step, opt, steps)
+        loss = loss_on(nets, next(data), step_generator(seed, step), opt, empty, dev, teacher, grid)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
@@ -245,6 +272,23 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
             "params": sum(p.numel() for p in nets.parameters()), "options": asdict(opt)}
     (out / "weights.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {**meta, "losses": losses}
+
+
+def load_teacher(cfg: Config, source: str) -> nn.ModuleDict:
+    """A trained model as train's ModuleDict: `source` = builtin:NAME, a train --out folder, or a
+    weights.safetensors file."""
+    from framecast.engine.components import load_builtin, load_world_weights
+
+    if source.startswith("builtin:"):
+        model, text = load_builtin(source.split(":", 1)[1], cfg)
+    else:
+        path = Path(source)
+        path = path / "weights.safetensors" if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"--distill-from {source!r}: no weights.safetensors there (give builtin:NAME, a "
+                             f"`framecast train --out` folder or a .safetensors file)")
+        model, text = load_world_weights(path, cfg)
+    return nn.ModuleDict({"transformer": model, "text_encoder": text})
 
 
 def describe_device(dev: torch.device) -> str:
@@ -304,22 +348,33 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of clips trained on the empty prompt (for CFG)")
     parser.add_argument("--uniform-prob", type=float, default=d.uniform_prob,
                         help="fraction of clips with one noise level for all frames (else one per frame)")
+    parser.add_argument("--lr-final", type=float, default=d.lr_final,
+                        help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
+    parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
+                        help="play: context frames noised at a level drawn from [0, this]")
+    parser.add_argument("--distill-from", default=d.distill_from, metavar="WEIGHTS",
+                        help="play: distil this teacher (train --out folder or builtin:NAME) into a "
+                             "few-step student on the preset's sampler grid")
+    parser.add_argument("--substeps", type=int, default=d.substeps,
+                        help="distillation: teacher Euler steps per student step")
     parser.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop (and save) after this much training wall time, even before --steps")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    for name in ("steps", "batch", "frames", "save_every"):
+    for name in ("steps", "batch", "frames", "save_every", "substeps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("caption_dropout", "uniform_prob"):
+    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
     opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                        caption_dropout=args.caption_dropout, uniform_prob=args.uniform_prob,
-                       save_every=args.save_every, play=args.play)
+                       lr_final=args.lr_final, save_every=args.save_every, play=args.play,
+                       context_sigma_max=args.context_sigma_max, distill_from=args.distill_from,
+                       substeps=args.substeps)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])

@@ -1,0 +1,99 @@
+"""One interactive NFD rollout: the next frame for each real action, as uint8 pixels.
+
+    session = engine.play_session(prompt="", seed=0)
+    frame = session.push("right")          # uint8 [H, W, 3]; the player moved right into it
+    ...
+    session.close()                        # drops the KV cache (a server does this on disconnect)
+
+The CLI (`framecast play`), `Engine.stream` with schedule.name=nfd and the server's play socket
+all go through this class, so they make the same frames for the same actions and seed. Settings
+come from cfg.schedule (window, context_sigma, speculate, draft_mode); speculate=1 is plain NFD
+(each push denoises and commits exactly one frame).
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from framecast.world.captions import ACTIONS
+
+Action = Union[str, int]
+
+
+def action_id(action: Action) -> int:
+    """An action name (`ACTIONS`) or id -> id; anything else is a one-line ValueError."""
+    if isinstance(action, str):
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
+        return ACTIONS.index(action)
+    if isinstance(action, (int, np.integer)) and not isinstance(action, bool) and 0 <= int(action) < len(ACTIONS):
+        return int(action)
+    raise ValueError(f"action must be one of {', '.join(ACTIONS)} (or an id 0..{len(ACTIONS) - 1}), got {action!r}")
+
+
+class PlaySession:
+    def __init__(self, engine, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None,
+                 speculate: Optional[int] = None):
+        from framecast.schedulers.nfd import NfdRollout
+        from framecast.schedulers.speculative import SpeculativeRollout
+
+        cfg = engine.cfg
+        sc = cfg.schedule
+        req = engine.request(prompt, frames=1, seed=seed, allow_empty_prompt=True)  # sizes, seed checks
+        if engine.checkpoint is None and cfg.text.kind == "builtin":
+            from framecast.world.captions import tokenize
+
+            tokenize(prompt, max_len=cfg.text.max_length)  # unknown words are named before any work
+        self.engine, self.seed = engine, req.seed
+        self.acts = engine.model.action_embedder is not None
+        if self.acts and cfg.model.num_actions < len(ACTIONS):
+            raise ValueError(f"model.num_actions={cfg.model.num_actions}: the world's actions need "
+                             f"{len(ACTIONS)} ({', '.join(ACTIONS)})")
+        shape = (cfg.model.in_channels, req.latent_height, req.latent_width)
+        denoiser = engine.denoiser(prompt, cfg.negative_prompt)
+        self.rollout = NfdRollout(engine.model, denoiser, engine.make_sampler, shape, seed=req.seed,
+                                  window=sc.window, context_sigma=sc.context_sigma,
+                                  attn_backend=cfg.model.attn_backend)
+        k = sc.speculate if speculate is None else speculate  # a server's per-session choice
+        self.speculative = SpeculativeRollout(self.rollout, k, sc.draft_mode, total=total)
+        self._stats = self.speculative.stats
+        self.decoder = engine.vae.decoder()
+        self.frames = 0
+        self.model_s = 0.0  # seconds inside the model (denoising, commits, drafts), for loop-only FPS
+        self.decode_s = 0.0
+
+    @property
+    def stats(self):
+        """Speculation counters (drafted / accepted / discarded); still readable after `close`."""
+        return self._stats
+
+    def push(self, action: Action = "none") -> np.ndarray:
+        """The next frame (uint8 [H, W, 3]) under the real `action`."""
+        from framecast.engine.video_io import to_uint8
+
+        if self.speculative is None:
+            raise RuntimeError("push on a closed PlaySession")
+        a = action_id(action)
+        if a and not self.acts:
+            raise ValueError(f"action {ACTIONS[a]!r}: this model takes no actions (model.num_actions=0); "
+                             f"only 'none' is allowed")
+        t0 = time.perf_counter()
+        lat = self.speculative.push(a)
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        frame = to_uint8(self.decoder.decode(lat)[0])[0]
+        self.decode_s += time.perf_counter() - t1
+        self.model_s += t1 - t0
+        self.frames += 1
+        return frame
+
+    def close(self) -> None:
+        """Discard unused drafts and drop the KV cache; the session cannot be pushed afterwards."""
+        if self.speculative is not None:
+            self.speculative.finish()
+            self.rollout.cache = None
+            self.speculative = None

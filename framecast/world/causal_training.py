@@ -1,0 +1,118 @@
+"""Training the play model exactly as NFD runs it: every frame denoised on a clean committed past.
+
+At inference (`schedulers/nfd.py`) frame f is denoised on top of a KV cache whose entries were
+written by a "commit pass" over the finished frames < f (block-causal among themselves, at the
+small context noise σc); the new frame attends to that cache and to itself. Plain diffusion
+forcing (an independent σ per frame under a block-causal mask) almost never shows the model that
+case: with logit-normal σ a context frame is nearly clean (σ < 0.05) in 0.2% of draws.
+
+So a play clip of F frames is laid out twice along time — teacher forcing, as in CausVid's and
+Self-Forcing's training of causal students:
+
+    [ ctx_0 .. ctx_{F-1} | noisy_0 .. noisy_{F-1} ]      (2F frames, temporal RoPE positions 0..F-1 twice)
+
+- ctx_i = the clean frame i at context noise σc ~ U[0, context_sigma_max] (GameNGen's noise
+  augmentation), timestep σc·1000: attends to ctx_0..ctx_i — exactly a commit pass.
+- noisy_i = frame i at its own σ_i (logit-normal, per frame: diffusion forcing), attends to
+  ctx_0..ctx_{i-1} and itself — exactly a denoising step of frame i on the cache.
+Only the noisy half is in the loss. The noisy frames never see each other, so each may sit at its
+own σ, and in distillation each is integrated by the teacher independently in one batched pass.
+
+Few-step distillation (`distill_loss`): shortcut-style trajectory distillation onto the fixed
+grid of the few-step sampler (σ_0 = 1 > σ_1 > ... > σ_K = 0, the Euler grid of `sampler.steps`).
+A noisy frame sits at a grid point σ_k (a forward-process sample); the frozen teacher integrates
+it to σ_{k+1} with `substeps` Euler steps; the student's single Euler step must land there, i.e.
+it regresses the average velocity v* = (x_teacher(σ_{k+1}) − x(σ_k)) / (σ_{k+1} − σ_k). This is
+the self-consistency target of shortcut models (Frans et al. 2024: one step of size 2d equals two
+of size d) with the small steps taken by the teacher. Chosen over sCM (NFD+) because its targets
+are plain regressions — no JVP through attention, no EMA target network, no tangent
+normalisation — which train reliably in minutes at this scale, and because the grid is fixed
+(4 steps) no step-size input is needed: the model is unchanged.
+
+Shape legend: B clips, C channels, F frames per clip, H/W frame size, T tokens per frame.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framecast.models.attention import TeacherForcing
+
+
+def teacher_forcing_mask(frames: int, frame_tokens: int, device=None) -> torch.Tensor:
+    """Boolean self-attention mask [2F·T, 2F·T] (True = may attend) of the layout above: the
+    dense reference of `attention.TeacherForcing`, which the model uses (no N×N mask)."""
+    i = torch.arange(frames, device=device)
+    clean_sees_clean = i[:, None] >= i[None, :]          # ctx_i -> ctx_j, j <= i
+    noisy_sees_clean = i[:, None] > i[None, :]           # noisy_i -> ctx_j, j < i
+    noisy_sees_noisy = torch.eye(frames, dtype=torch.bool, device=device)
+    none = torch.zeros(frames, frames, dtype=torch.bool, device=device)
+    frame_mask = torch.cat([torch.cat([clean_sees_clean, none], 1),
+                            torch.cat([noisy_sees_clean, noisy_sees_noisy], 1)], 0)  # (2F, 2F)
+    return frame_mask.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)
+
+
+def predict_on_context(nets: nn.ModuleDict, ctx_BCFHW: torch.Tensor, sigma_ctx_BF: torch.Tensor,
+                       x_BCFHW: torch.Tensor, sigma_BF: torch.Tensor, tokens_BS: torch.Tensor,
+                       actions_BF: torch.Tensor) -> torch.Tensor:
+    """Velocity [B, C, F, H, W] of the noisy frames x, frame i on context frames ctx_0..ctx_{i-1}
+    (already noised to sigma_ctx), as NFD's cached rollout computes it."""
+    model = nets["transformer"]
+    f = x_BCFHW.shape[2]
+    text_BSD = nets["text_encoder"](tokens_BS)
+    both = torch.cat([ctx_BCFHW, x_BCFHW], dim=2)
+    t_BF = torch.cat([sigma_ctx_BF, sigma_BF], dim=1) * 1000
+    x_BLD, ctx = model.embed(both, t_BF, text_BSD, torch.cat([actions_BF, actions_BF], dim=1))
+    _, h, w = ctx.grid
+    pos = torch.arange(f, device=x_BLD.device).repeat(2)
+    ctx.rope_q = ctx.rope_k = model.rope_table(pos, h, w)
+    ctx.mask = TeacherForcing(frame_tokens=h * w)
+    for block in model.blocks:
+        x_BLD = block(x_BLD, ctx)
+    return model.head(x_BLD, ctx)[:, :, f:]
+
+
+def noised_context(x0_BCFHW: torch.Tensor, gen: torch.Generator, sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context frames at σc ~ U[0, sigma_max] per frame, σc [B, F]); randomness from `gen` (CPU)."""
+    b, _, f = x0_BCFHW.shape[:3]
+    sigma_BF = torch.rand(b, f, generator=gen) * sigma_max
+    noise = torch.randn(x0_BCFHW.shape, generator=gen)
+    s = sigma_BF[:, None, :, None, None].to(x0_BCFHW.device)
+    return (1 - s) * x0_BCFHW + s * noise.to(x0_BCFHW.device), sigma_BF.to(x0_BCFHW.device)
+
+
+def play_loss(nets: nn.ModuleDict, x0_BCFHW: torch.Tensor, actions_BF: torch.Tensor, tokens_BS: torch.Tensor,
+              sigma_BF: torch.Tensor, gen: torch.Generator, context_sigma_max: float) -> torch.Tensor:
+    """Flow-matching loss of the noisy half (frame i at sigma_BF[:, i] on its clean past)."""
+    ctx, sigma_ctx = noised_context(x0_BCFHW, gen, context_sigma_max)
+    noise = torch.randn(x0_BCFHW.shape, generator=gen).to(x0_BCFHW.device)
+    s = sigma_BF[:, None, :, None, None]
+    x_t = (1 - s) * x0_BCFHW + s * noise
+    v = predict_on_context(nets, ctx, sigma_ctx, x_t, sigma_BF, tokens_BS, actions_BF)
+    return F.mse_loss(v.float(), (noise - x0_BCFHW).float())
+
+
+def distill_loss(student: nn.ModuleDict, teacher: nn.ModuleDict, x0_BCFHW: torch.Tensor, actions_BF: torch.Tensor,
+                 tokens_BS: torch.Tensor, grid: torch.Tensor, gen: torch.Generator, context_sigma_max: float,
+                 substeps: int) -> torch.Tensor:
+    """Shortcut-style distillation onto `grid` (sigmas [K + 1], 1 -> 0): each noisy frame at a
+    random grid point σ_k; target = the teacher's `substeps` Euler steps to σ_{k+1}."""
+    b, _, f = x0_BCFHW.shape[:3]
+    dev = x0_BCFHW.device
+    k_BF = torch.randint(0, len(grid) - 1, (b, f), generator=gen)
+    s0_BF, s1_BF = grid[k_BF].to(dev), grid[k_BF + 1].to(dev)
+    ctx, sigma_ctx = noised_context(x0_BCFHW, gen, context_sigma_max)
+    noise = torch.randn(x0_BCFHW.shape, generator=gen).to(dev)
+    x_t = (1 - s0_BF[:, None, :, None, None]) * x0_BCFHW + s0_BF[:, None, :, None, None] * noise
+    with torch.no_grad():
+        x, s = x_t, s0_BF
+        ds_BF = (s1_BF - s0_BF) / substeps
+        for _ in range(substeps):
+            v = predict_on_context(teacher, ctx, sigma_ctx, x, s, tokens_BS, actions_BF).float()
+            x = x + ds_BF[:, None, :, None, None] * v
+            s = s + ds_BF
+        target = (x - x_t) / (s1_BF - s0_BF)[:, None, :, None, None]
+    v = predict_on_context(student, ctx, sigma_ctx, x_t, s0_BF, tokens_BS, actions_BF)
+    return F.mse_loss(v.float(), target)
+

@@ -1,0 +1,117 @@
+"""A real headless Chromium plays the shipped tiny-play model through `framecast serve`'s page:
+it holds an arrow key, frames arrive, and the white player moves that way (world metrics).
+
+Chromium is Debian's (`apt-get install chromium`; this test installs it when it runs as root and
+it is missing), driven by Playwright for Python with that executable — Playwright's own browser
+download does not work offline. Server and browser talk over 127.0.0.1 only.
+"""
+import base64
+import io
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Debian chromium is not installed and this user cannot apt-get install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True, timeout=900,
+                   env=env)
+    path = shutil.which("chromium")
+    assert path, "apt-get install chromium succeeded but no chromium on PATH"
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    import uvicorn
+
+    from framecast.launch.server import make_app
+
+    port = _free_port()
+    app = make_app("tiny-play", "tiny", max_sessions=2, fps=30.0)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="auto"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):  # bounded: up to 10 s for the socket to listen
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(server_url):
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(server_url)
+        yield page
+        browser.close()
+
+
+def _decode(frames) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return np.stack([iio.imread(io.BytesIO(base64.b64decode(f["png"].split(",", 1)[1])), extension=".png")
+                     for f in frames])
+
+
+@pytest.mark.parametrize("key,action,axis,sign", [("ArrowRight", "right", 1, 1), ("ArrowUp", "up", 0, -1)])
+def test_holding_an_arrow_key_moves_the_player(page, key, action, axis, sign):
+    from framecast.world.captions import ACTIONS
+    from framecast.world.metrics import detect_video, evaluate_video
+
+    page.click("#play")
+    page.wait_for_function("window.framecast.ready !== null && window.framecast.received >= 3", timeout=60_000)
+    page.keyboard.down(key)
+    code = ACTIONS.index(action)
+    page.wait_for_function(f"window.framecast.frames.filter(f => f.action === {code}).length >= 12",
+                           timeout=60_000)
+    page.keyboard.up(key)
+    page.click("#stop")
+    got = page.evaluate("window.framecast.frames")
+    assert [f["index"] for f in got] == list(range(got[0]["index"], got[0]["index"] + len(got)))  # none lost
+    held = [i for i, f in enumerate(got) if f["action"] == code]
+    first = held[0]
+    run = got[first - 1:first + 12]  # the frame before the key, then 12 frames under it
+    assert all(f["action"] == code for f in run[1:])
+    video = _decode(run)
+    names = [ACTIONS[f["action"]] for f in run]
+    names[0] = "none"  # actions[0] is not scored (it moved the player into a frame we did not keep)
+    m = evaluate_video(video, actions=names)
+    assert m["player.presence"] >= 0.9 and m["player.duplicates"] <= 0.1, m
+    if m["action_steps"] >= 3:  # enough steps away from the wall to score
+        assert m["action_follow"] >= 0.75, m
+    # and it went that way overall (or was already at the wall)
+    whites = [[d for d in dets if d.colour == "white"] for dets in detect_video(video)]
+    start, end = whites[0][0].centroid[axis], whites[-1][0].centroid[axis]
+    edge = 30 if sign > 0 else 1  # a centroid this close to the wall can move no further
+    assert sign * (end - start) >= 4 or abs(start - edge) <= 3, (start, end)
