@@ -13,7 +13,7 @@ Variants: KV cache (NfdRollout) vs recompute-the-window (NfdRolloutNoCache); spe
 `--speculate K` joint drafts (reporting drafted / accepted / discarded frames).
 
 GPU part (`--gpu-model`, CUDA only): a 310M-parameter NFD-shaped Wan DiT with random weights
-(dim 1024, 24 layers, 16 heads, 16 latent channels, patch 1x2x2) at 384x224 (latent 48x28: an 8x
+(dim 1024, 18 layers, 16 heads, 16 latent channels, patch 1x2x2) at 384x224 (latent 48x28: an 8x
 image VAE, 336 tokens per frame), 4 steps, window 32, bf16 with the flash backend when flash-attn
 imports (else sdpa); loop-only FPS, KV cache on/off, speculation off/on — beside NFD+'s 31 FPS
 (310M, A100, 4 steps + speculation + KV cache). No VAE decode: the model has no trained VAE.
@@ -106,7 +106,7 @@ def bench(engine: Engine, variants, actions, shape, window, context_sigma, repea
 def gpu_engine(attn: str) -> Engine:
     overrides = ["model.weights=", "model.patch_size=[1,2,2]", "model.num_attention_heads=16",
                  "model.attention_head_dim=64", "model.in_channels=16", "model.out_channels=16",
-                 "model.text_dim=64", "model.freq_dim=256", "model.ffn_dim=4096", "model.num_layers=24",
+                 "model.text_dim=64", "model.freq_dim=256", "model.ffn_dim=4096", "model.num_layers=18",
                  "model.dtype=bfloat16", f"model.attn_backend={attn}", "video.height=224", "video.width=384",
                  "vae.spatial_stride=8", "device=cuda"]
     return Engine.from_preset("tiny-play", overrides)

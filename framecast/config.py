@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     kind: str = "wan"  # model family (registry name); only "wan" ships today
-    weights: str = ""  # "" = random init from `init_seed`; "builtin:NAME" = shipped weights; or a folder
+    weights: str = ""  # "" = random init (init_seed); builtin:NAME = shipped; or a `train --out` folder / .safetensors
     init_seed: int = 0  # seed for random init when no weights are given
     patch_size: List[int] = field(default_factory=lambda: [1, 2, 2])  # (t, h, w) latent patch
     num_attention_heads: int = 12  # attention heads
@@ -79,6 +79,7 @@ class ScheduleConfig:
     context_sigma: float = 0.0  # NFD: noise level in [0, 1) of committed frames against drift (0 = clean)
     speculate: int = 1  # NFD: draft K frames under the current action, keep those the actions confirm (1 = off)
     draft_mode: str = "joint"  # NFD drafts: joint (one batched pass per step) | sequential (= plain NFD)
+    first_frame: str = "generate"  # NFD: generate (the model makes frame 0) | world (a built-in world scene)
 
 
 @dataclass
@@ -114,6 +115,7 @@ CHOICES = {
     "sampler.name": ("unipc", "euler", "euler-wan"),
     "schedule.name": ("full", "dualparal", "nfd"),
     "schedule.draft_mode": ("joint", "sequential"),
+    "schedule.first_frame": ("generate", "world"),
     "parallel.launcher": ("local", "torchrun", "ray"),
     "parallel.placement": ("PACK", "SPREAD"),
 }

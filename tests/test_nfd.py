@@ -328,3 +328,20 @@ def test_nfd_text_model_takes_no_actions():
     engine = Engine.from_preset("tiny", ["schedule.name=nfd", "sampler.steps=2"])
     with pytest.raises(ValueError, match="only 'none' is allowed"):
         list(engine.stream("a red circle moving right", frames=2, actions=["none", "up"]))
+
+
+def test_world_start_frame_is_frame_zero_and_context():
+    from framecast.engine.engine import Engine
+    from framecast.world.scenes import sample_play_clip
+
+    engine = Engine.from_preset("tiny-play", SMALL + ["video.height=32", "video.width=32", "schedule.first_frame=world"])
+    frames = list(engine.stream("", frames=3, seed=6, actions=["none", "right", "right"]))
+    assert np.array_equal(frames[0], sample_play_clip(6, 1, size=32).frames[0])
+    generated = list(Engine.from_preset("tiny-play", SMALL + ["video.height=32", "video.width=32"]).stream("", frames=3, seed=6,
+                                                                   actions=["none", "right", "right"]))
+    assert not np.array_equal(frames[1], generated[1])  # frame 1 is made on the start frame's K/V
+    start = np.zeros((32, 32, 3), dtype=np.uint8)
+    session = engine.play_session(seed=6, start=start)
+    assert np.array_equal(session.push("none"), start)
+    with pytest.raises(ValueError, match=r"start frame must be uint8 \[32, 32, 3\]"):
+        engine.play_session(seed=6, start=np.zeros((8, 8, 3), dtype=np.uint8))

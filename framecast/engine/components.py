@@ -136,6 +136,19 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
     return model, text
 
 
+def load_configured_weights(cfg: Config):
+    """(model, text encoder) from cfg.model.weights: builtin:NAME, or a world weights file
+    (`framecast train`'s weights.safetensors, or its --out folder)."""
+    w = cfg.model.weights
+    if w.startswith("builtin:"):
+        return load_builtin(w.split(":", 1)[1], cfg)
+    path = Path(w) / "weights.safetensors" if Path(w).is_dir() else Path(w)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise ConfigError(f"model.weights={w!r}: use builtin:NAME, a `framecast train --out` folder or its "
+                          f"weights.safetensors (a Wan checkpoint folder goes to --checkpoint DIR)")
+    return load_world_weights(path, cfg)
+
+
 def build_model(cfg: Config, checkpoint: str | Path | None = None):
     """The transformer on cfg.device in cfg.model.dtype (eval mode)."""
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
@@ -143,10 +156,8 @@ def build_model(cfg: Config, checkpoint: str | Path | None = None):
         from framecast.engine.wan_checkpoint import load_wan_transformer
 
         model = load_wan_transformer(Path(checkpoint) / "transformer", dtype=torch.float32)
-    elif cfg.model.weights.startswith("builtin:"):
-        model, _ = load_builtin(cfg.model.weights.split(":", 1)[1], cfg)
     elif cfg.model.weights:
-        raise ConfigError(f"model.weights={cfg.model.weights!r}: use builtin:NAME, or --checkpoint DIR for a folder")
+        model, _ = load_configured_weights(cfg)
     else:
         model = _random_model(cfg)
     model = model.cast(dtype) if dtype != torch.float32 else model
@@ -163,8 +174,8 @@ def build_text(cfg: Config, checkpoint: str | Path | None = None):
     if cfg.text.kind != "builtin":
         raise ConfigError("text.kind=umt5 loads from a checkpoint folder: pass --checkpoint DIR "
                           "(without one only text.kind=builtin is available)")
-    if cfg.model.weights.startswith("builtin:"):
-        _, text = load_builtin(cfg.model.weights.split(":", 1)[1], cfg)
+    if cfg.model.weights:
+        _, text = load_configured_weights(cfg)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model.init_seed + 1)

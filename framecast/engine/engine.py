@@ -87,12 +87,15 @@ class Engine:
         kwargs.setdefault("allow_empty_prompt", self.cfg.schedule.name == "nfd")
         return make_request(self.cfg, prompt, **kwargs)
 
-    def play_session(self, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None):
-        """An interactive NFD rollout (`PlaySession.push(action) -> uint8 [H, W, 3]`); `total`: frames
-        the caller will ask for, if known (drafts never run past it)."""
+    def play_session(self, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None,
+                     speculate: Optional[int] = None, start: Optional[np.ndarray] = None):
+        """An interactive NFD rollout (`PlaySession.push(action) -> uint8 [H, W, 3]`). `total`: frames
+        the caller will ask for, if known (drafts never run past it); `speculate`: draft length
+        (default schedule.speculate); `start`: uint8 [H, W, 3] frame 0 (default per
+        schedule.first_frame)."""
         from framecast.engine.play_session import PlaySession
 
-        return PlaySession(self, prompt, seed, total)
+        return PlaySession(self, prompt, seed, total, speculate, start)
 
     # ----------------------------------------------------------------------------------- stream
     def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,

@@ -7,8 +7,13 @@
 
 The CLI (`framecast play`), `Engine.stream` with schedule.name=nfd and the server's play socket
 all go through this class, so they make the same frames for the same actions and seed. Settings
-come from cfg.schedule (window, context_sigma, speculate, draft_mode); speculate=1 is plain NFD
-(each push denoises and commits exactly one frame).
+come from cfg.schedule (window, context_sigma, speculate, draft_mode, first_frame); speculate=1 is
+plain NFD (each push denoises and commits exactly one frame).
+
+Start frame: world models usually start from a real frame (Oasis, GameNGen, Matrix-Game are
+image-conditioned). With schedule.first_frame=world (the tiny-play preset) or an explicit
+`start` frame, frame 0 is that frame — committed to the cache, not generated — and the model
+generates every later frame from it; with "generate" the model also makes frame 0 from noise.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def action_id(action: Action) -> int:
 
 class PlaySession:
     def __init__(self, engine, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None,
-                 speculate: Optional[int] = None):
+                 speculate: Optional[int] = None, start: Optional[np.ndarray] = None):
         from framecast.schedulers.nfd import NfdRollout
         from framecast.schedulers.speculative import SpeculativeRollout
 
@@ -61,6 +66,7 @@ class PlaySession:
         self.speculative = SpeculativeRollout(self.rollout, k, sc.draft_mode, total=total)
         self._stats = self.speculative.stats
         self.decoder = engine.vae.decoder()
+        self._start = self._start_latents(cfg, req, start)
         self.frames = 0
         self.model_s = 0.0  # seconds inside the model (denoising, commits, drafts), for loop-only FPS
         self.decode_s = 0.0
@@ -81,7 +87,10 @@ class PlaySession:
             raise ValueError(f"action {ACTIONS[a]!r}: this model takes no actions (model.num_actions=0); "
                              f"only 'none' is allowed")
         t0 = time.perf_counter()
-        lat = self.speculative.push(a)
+        if self.frames == 0 and self._start is not None:
+            lat = self.speculative.prime(self._start, a)  # frame 0 is the start frame, as given
+        else:
+            lat = self.speculative.push(a)
         if self.engine.device.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -90,6 +99,27 @@ class PlaySession:
         self.model_s += t1 - t0
         self.frames += 1
         return frame
+
+    def _start_latents(self, cfg, req, start: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+        """Latents [1, C, 1, h, w] of the start frame: `start` (uint8 [H, W, 3]) if given, else per
+        schedule.first_frame ("world": frame 0 of the built-in world's play scene for this seed;
+        "generate": none, the model makes frame 0 too)."""
+        if start is None and cfg.schedule.first_frame == "generate":
+            return None
+        if cfg.vae.kind != "identity":
+            raise ValueError(f"a start frame needs a pixel-space model (vae.kind=identity), not vae.kind="
+                             f"{cfg.vae.kind}; use schedule.first_frame=generate")
+        from framecast.world.scenes import sample_play_clip, to_model_video
+
+        if start is None:
+            if req.height != req.width:
+                raise ValueError(f"schedule.first_frame=world: world scenes are square, got {req.width}x{req.height}")
+            start = sample_play_clip(req.seed, 1, size=req.height).frames[0]
+        start = np.asarray(start)
+        if start.shape != (req.height, req.width, 3) or start.dtype != np.uint8:
+            raise ValueError(f"start frame must be uint8 [{req.height}, {req.width}, 3], got {start.dtype} "
+                             f"{list(start.shape)}")
+        return to_model_video(start[None])[None].to(self.engine.device)
 
     def close(self) -> None:
         """Discard unused drafts and drop the KV cache; the session cannot be pushed afterwards."""

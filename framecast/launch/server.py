@@ -166,7 +166,7 @@ async def play_socket(ws) -> None:
             await ws.send_json({"type": "error", "message": str(e)})
             await ws.close(code=1008)
             return
-        session = await asyncio.to_thread(_new_session, engine, seed, speculate)
+        session = await asyncio.to_thread(engine.play_session, "", seed, None, speculate)
         fps = state.fps or engine.cfg.video.fps
         await ws.send_json({"type": "ready", "mode": "play", "preset": state.play_preset,
                             "width": engine.cfg.video.width, "height": engine.cfg.video.height, "fps": fps,
@@ -213,12 +213,6 @@ async def play_socket(ws) -> None:
         if session is not None:
             session.close()  # the KV cache goes with the connection
         state.release()
-
-
-def _new_session(engine, seed, speculate):
-    from framecast.engine.play_session import PlaySession
-
-    return PlaySession(engine, "", seed, speculate=speculate)
 
 
 def _stats(session) -> dict:

@@ -77,6 +77,15 @@ class SpeculativeRollout:
             self.rollout.cache.release()  # every draft of the round was accepted
         return frame
 
+    def prime(self, lat_1CFHW: torch.Tensor, action: int = 0) -> torch.Tensor:
+        """Commit given latents [1, C, 1, H, W] as the next frame instead of generating it (a start
+        frame: image-to-video, as world models start from a real frame); returns them."""
+        if self._buffer:
+            raise RuntimeError("prime: drafts are pending; prime only between rounds")
+        self.rollout.commit(self.next_frame, lat_1CFHW, [int(action)])
+        self.next_frame += 1
+        return lat_1CFHW
+
     def finish(self) -> None:
         """Discard drafts nobody asked for, so the cache holds exactly the frames handed out."""
         if self._buffer:

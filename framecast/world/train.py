@@ -58,12 +58,15 @@ class TrainOptions:
     uniform_prob: float = 0.5     # fraction of clips with one σ for all frames (else σ per frame)
     logit_mean: float = 0.0       # logit-normal σ: sigmoid(N(mean, std))
     logit_std: float = 1.0
+    sigma_uniform: float = 0.0    # share of σ draws uniform on [0, 1]: logit-normal rarely gives σ > 0.95,
+                                  # where a next-frame model must predict from its context alone
     lr_final: float = 0.1         # cosine decay after warm-up, to lr·lr_final at the last step (1 = constant)
     save_every: int = 250         # steps between checkpoints (and always at the end)
     play: bool = False            # block-causal play model with actions (tiny-play)
     context_sigma_max: float = 0.1  # play: context frames noised at σc ~ U[0, this] (GameNGen augmentation)
     distill_from: str = ""        # play: teacher weights (a train --out folder or builtin:NAME) -> few-step student
     substeps: int = 4             # distillation: teacher Euler steps per student step
+    init_from: str = ""           # start from these weights (fresh optimizer): a second training stage
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,11 +109,19 @@ def init_adaln_zero(model: nn.Module) -> None:
 
 
 def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> torch.Tensor:
-    """(B, F) noise levels: logit-normal per frame, or one per clip with prob. uniform_prob."""
+    """(B, F) noise levels: logit-normal per frame (a `sigma_uniform` share of them uniform on
+    [0, 1] instead), or one per clip with prob. uniform_prob."""
     u_BF = torch.randn(b, f, generator=gen) * opt.logit_std + opt.logit_mean
     shared_B = torch.rand(b, generator=gen) < opt.uniform_prob
     u_BF = torch.where(shared_B[:, None], u_BF[:, :1].expand(-1, f), u_BF)
-    return torch.sigmoid(u_BF)
+    sigma_BF = torch.sigmoid(u_BF)
+    if opt.sigma_uniform > 0:  # draws only when used: runs without it keep their random stream
+        flat_BF = torch.rand(b, f, generator=gen)
+        pick_BF = torch.rand(b, f, generator=gen) < opt.sigma_uniform
+        pick_BF = torch.where(shared_B[:, None], pick_BF[:, :1].expand(-1, f), pick_BF)
+        flat_BF = torch.where(shared_B[:, None], flat_BF[:, :1].expand(-1, f), flat_BF)
+        sigma_BF = torch.where(pick_BF, flat_BF, sigma_BF)
+    return sigma_BF
 
 
 def predict(nets: nn.ModuleDict, x_BCFHW: torch.Tensor, t_BF: torch.Tensor, tokens_BS: torch.Tensor,
@@ -207,11 +218,13 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     dev = torch.device(device)
 
     nets = build(cfg, seed).to(dev).train()
+    if opt.init_from:
+        nets.load_state_dict(load_nets(cfg, opt.init_from).state_dict())
     teacher, grid = None, None
     if opt.distill_from:
         if not opt.play:
             raise ValueError("distillation (distill_from) is for play models; add --play")
-        teacher = load_teacher(cfg, opt.distill_from).to(dev).eval().requires_grad_(False)
+        teacher = load_nets(cfg, opt.distill_from).to(dev).eval().requires_grad_(False)
         nets.load_state_dict(teacher.state_dict())  # the student starts as the teacher
         grid = sampler_factory(cfg)().sigmas  # the few-step grid the student will be sampled on
     ema = build(cfg, seed).to(dev).eval()
@@ -274,20 +287,14 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     return {**meta, "losses": losses}
 
 
-def load_teacher(cfg: Config, source: str) -> nn.ModuleDict:
-    """A trained model as train's ModuleDict: `source` = builtin:NAME, a train --out folder, or a
-    weights.safetensors file."""
-    from framecast.engine.components import load_builtin, load_world_weights
+def load_nets(cfg: Config, source: str) -> nn.ModuleDict:
+    """A trained model as train's ModuleDict: `source` as model.weights takes it (builtin:NAME, a
+    train --out folder, or its weights.safetensors)."""
+    from dataclasses import replace
 
-    if source.startswith("builtin:"):
-        model, text = load_builtin(source.split(":", 1)[1], cfg)
-    else:
-        path = Path(source)
-        path = path / "weights.safetensors" if path.is_dir() else path
-        if not path.is_file():
-            raise ValueError(f"--distill-from {source!r}: no weights.safetensors there (give builtin:NAME, a "
-                             f"`framecast train --out` folder or a .safetensors file)")
-        model, text = load_world_weights(path, cfg)
+    from framecast.engine.components import load_configured_weights
+
+    model, text = load_configured_weights(replace(cfg, model=replace(cfg.model, weights=source)))
     return nn.ModuleDict({"transformer": model, "text_encoder": text})
 
 
@@ -348,6 +355,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of clips trained on the empty prompt (for CFG)")
     parser.add_argument("--uniform-prob", type=float, default=d.uniform_prob,
                         help="fraction of clips with one noise level for all frames (else one per frame)")
+    parser.add_argument("--sigma-uniform", type=float, default=d.sigma_uniform,
+                        help="share of noise levels drawn uniformly on [0, 1] instead of logit-normal")
+    parser.add_argument("--init-from", default=d.init_from, metavar="WEIGHTS",
+                        help="start from these weights (train --out folder or builtin:NAME) with a fresh "
+                             "optimizer: a second stage with other options")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
@@ -366,7 +378,7 @@ def run_train(args: argparse.Namespace) -> int:
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max"):
+    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
@@ -374,7 +386,7 @@ def run_train(args: argparse.Namespace) -> int:
                        caption_dropout=args.caption_dropout, uniform_prob=args.uniform_prob,
                        lr_final=args.lr_final, save_every=args.save_every, play=args.play,
                        context_sigma_max=args.context_sigma_max, distill_from=args.distill_from,
-                       substeps=args.substeps)
+                       substeps=args.substeps, sigma_uniform=args.sigma_uniform, init_from=args.init_from)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
