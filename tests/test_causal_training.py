@@ -98,3 +98,15 @@ def test_play_training_and_distillation_lower_their_losses(tmp_path):
                                          substeps=2))
     d = student["losses"]
     assert all(np.isfinite(d)) and np.mean(d[-5:]) < np.mean(d[:5])
+
+
+def test_foreground_weights_look_only_at_the_previous_frame():
+    from framecast.world.causal_training import foreground_weights
+
+    x0 = -torch.ones(1, 3, 3, 16, 16)
+    x0[0, 0, 1, 8, 8] = 1.0  # one red pixel in frame 1
+    w = foreground_weights(x0, 4.0, reach=2)
+    assert w.shape == (1, 1, 3, 16, 16)
+    assert torch.equal(w[:, :, :2], torch.ones(1, 1, 2, 16, 16))  # frames 0 and 1 see no object before them
+    assert w[0, 0, 2, 8, 8] == 5.0 and w[0, 0, 2, 6, 10] == 5.0 and w[0, 0, 2, 5, 8] == 1.0  # frame 2: ±2 px
+    assert torch.equal(foreground_weights(x0, 0.0), torch.ones(1, 1, 3, 16, 16))

@@ -105,3 +105,28 @@ def test_shipped_tiny_weights_beat_random():
     trained = _adherence(["model.weights=builtin:tiny"], prompts)
     random = _adherence(['model.weights=""'], prompts)
     assert trained > random + 0.25, f"trained adherence {trained:.3f} vs random weights {random:.3f}"
+
+
+def _play_scores(overrides, seeds=(0, 1)):
+    from framecast import Engine
+    from framecast.world.metrics import evaluate_video
+
+    actions = ["none"] + ["right"] * 6 + ["down"] * 6 + ["left"] * 6
+    engine = Engine.from_preset("tiny-play", overrides)
+    per = [evaluate_video(np.stack(list(engine.stream("", frames=len(actions), seed=s, actions=actions))),
+                          actions=actions) for s in seeds]
+    return {k: float(np.mean([m[k] for m in per])) for k in ("action_follow", "colour_identity")}
+
+
+def test_shipped_tiny_play_weights_beat_random():
+    """The few-step student keeps the scene's objects and their colours from frame to frame (random
+    weights scramble them at once). It does not yet keep the white player (player.presence ~0.1,
+    action_follow ~0.05 in framecast/weights/tiny-play.json), so only the object metric is held to
+    a wide margin here; the player's motion is the xfail in test_browser.py."""
+    assert files("framecast.weights").joinpath("tiny-play.safetensors").is_file()
+    meta = json.loads(files("framecast.weights").joinpath("tiny-play.json").read_text())
+    assert {"stages", "metrics"} <= meta.keys() and all("command" in s for s in meta["stages"])
+    trained = _play_scores(["model.weights=builtin:tiny-play"])
+    random = _play_scores(['model.weights=""'])
+    assert trained["colour_identity"] > random["colour_identity"] + 0.25, (trained, random)
+    assert trained["action_follow"] >= random["action_follow"], (trained, random)

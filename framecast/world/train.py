@@ -67,6 +67,9 @@ class TrainOptions:
     distill_from: str = ""        # play: teacher weights (a train --out folder or builtin:NAME) -> few-step student
     substeps: int = 4             # distillation: teacher Euler steps per student step
     init_from: str = ""           # start from these weights (fresh optimizer): a second training stage
+    action_init_std: float = 0.0  # play: > 0 draws the action table from N(0, this) after init_from (the
+                                  # model's zero init leaves actions ~20x weaker than time in short runs)
+    fg_weight: float = 0.0        # play: extra loss weight near the previous frame's objects (causal_training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +155,9 @@ def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOp
         tokens, actions = empty_tokens.expand(b, -1).to(device), batch["actions"].to(device)
         if teacher is not None:
             return distill_loss(nets, teacher, x0.to(device), actions, tokens, grid, gen,
-                                opt.context_sigma_max, opt.substeps)
+                                opt.context_sigma_max, opt.substeps, opt.fg_weight)
         sigma_BF = sample_sigmas(gen, b, f, opt).to(device)
-        return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max)
+        return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max, opt.fg_weight)
     sigma_BF = sample_sigmas(gen, b, f, opt)
     noise = torch.randn(x0.shape, generator=gen)
     drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
@@ -220,6 +223,13 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     nets = build(cfg, seed).to(dev).train()
     if opt.init_from:
         nets.load_state_dict(load_nets(cfg, opt.init_from).state_dict())
+    if opt.action_init_std > 0 or opt.fg_weight > 0:
+        if not opt.play:
+            raise ValueError("--action-init-std and --fg-weight are for play models; add --play")
+    if opt.action_init_std > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            nn.init.normal_(nets["transformer"].action_embedder.weight, std=opt.action_init_std)
     teacher, grid = None, None
     if opt.distill_from:
         if not opt.play:
@@ -360,6 +370,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=d.init_from, metavar="WEIGHTS",
                         help="start from these weights (train --out folder or builtin:NAME) with a fresh "
                              "optimizer: a second stage with other options")
+    parser.add_argument("--action-init-std", type=float, default=d.action_init_std,
+                        help="play: draw the action table from N(0, this) after --init-from (0 = keep)")
+    parser.add_argument("--fg-weight", type=float, default=d.fg_weight,
+                        help="play: extra loss weight near the previous frame's objects (0 = plain MSE)")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
@@ -386,7 +400,8 @@ def run_train(args: argparse.Namespace) -> int:
                        caption_dropout=args.caption_dropout, uniform_prob=args.uniform_prob,
                        lr_final=args.lr_final, save_every=args.save_every, play=args.play,
                        context_sigma_max=args.context_sigma_max, distill_from=args.distill_from,
-                       substeps=args.substeps, sigma_uniform=args.sigma_uniform, init_from=args.init_from)
+                       substeps=args.substeps, sigma_uniform=args.sigma_uniform, init_from=args.init_from,
+                       action_init_std=args.action_init_std, fg_weight=args.fg_weight)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
