@@ -248,7 +248,7 @@ def test_context_noise_changes_context_only():
 
 SMALL = ["model.num_layers=1", "model.num_attention_heads=2", "model.attention_head_dim=16", "model.ffn_dim=32",
          "model.text_dim=16", "model.freq_dim=16", "video.height=16", "video.width=16", "sampler.steps=2",
-         "schedule.first_frame=generate"]  # world scenes are 32 or 64 px
+         "schedule.first_frame=generate", "model.weights="]  # world scenes are 32 or 64 px; random weights
 
 
 def test_play_writes_requested_frames(tmp_path, capsys):
