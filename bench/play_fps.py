@@ -39,15 +39,12 @@ from framecast.launch.server import encode_frame  # noqa: E402
 from framecast.schedulers.nfd import NfdRollout, NfdRolloutNoCache  # noqa: E402
 from framecast.schedulers.speculative import SpeculativeRollout  # noqa: E402
 from framecast.world.captions import ACTIONS  # noqa: E402
+from framecast.world.scenes import random_actions  # noqa: E402
 
 
 def action_sequence(frames: int, repeat_prob: float, seed: int) -> list[int]:
-    """The world's play-clip action rule: frame 0 "none", then repeat with prob. repeat_prob."""
-    rng = np.random.default_rng(seed)
-    out = [0]
-    for f in range(1, frames):
-        out.append(out[-1] if f > 1 and rng.random() < repeat_prob else int(rng.integers(len(ACTIONS))))
-    return out
+    """Action ids under the world's play-clip rule (`scenes.random_actions`)."""
+    return [ACTIONS.index(a) for a in random_actions(np.random.default_rng(seed), frames, repeat_prob)]
 
 
 def make_rollout(engine: Engine, cache: bool, shape, window: int, context_sigma: float):

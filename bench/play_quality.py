@@ -25,24 +25,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framecast.world.captions import ACTIONS  # noqa: E402
+from framecast.world.scenes import random_actions  # noqa: E402
 
 KEYS = ("action_follow", "player.presence", "player.duplicates", "count_stability", "colour_identity",
         "max_jump")
 
 
-def action_names(frames: int, seed: int, repeat_prob: float = 0.8) -> list[str]:
-    rng = np.random.default_rng(seed)
-    out = ["none"]
-    for f in range(1, frames):
-        out.append(out[-1] if f > 1 and rng.random() < repeat_prob else ACTIONS[rng.integers(len(ACTIONS))])
-    return out
-
-
 def score(engine, frames: int, seed: int) -> dict:
     from framecast.world.metrics import evaluate_video
 
-    names = action_names(frames, seed)
+    names = random_actions(np.random.default_rng(seed), frames, 0.8)
     t0 = time.perf_counter()
     video = np.stack(list(engine.stream("", frames=frames, seed=seed, actions=names)))
     wall = time.perf_counter() - t0

@@ -139,12 +139,17 @@ class NfdRollout:
     @torch.no_grad()
     def _predict(self, lat_1CFHW: torch.Tensor, t_F: torch.Tensor, actions: Sequence[int], hook) -> torch.Tensor:
         x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
-        actions_BF = None  # a model without actions (num_actions=0) runs NFD on its prompt alone
-        if self.model.action_embedder is not None:
-            actions_BF = torch.tensor(list(actions), device=x.device)[None].expand(x.shape[0], -1)
+        actions_BF = self._actions_BF(actions, x)
         self.forwards += 1
         out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.attn_backend)
         return self.denoiser.combine(out).float()
+
+    def _actions_BF(self, actions: Sequence[int], x_BCFHW: torch.Tensor) -> Optional[torch.Tensor]:
+        """Action ids [B, F] per CFG branch; None for a model without actions (num_actions=0),
+        which runs NFD on its prompt alone."""
+        if self.model.action_embedder is None:
+            return None
+        return torch.tensor(list(actions), device=x_BCFHW.device)[None].expand(x_BCFHW.shape[0], -1)
 
     def denoise(self, start: int, actions: Sequence[int]) -> torch.Tensor:
         """Denoise frames start .. start + len(actions) − 1 together on top of the cache (which must
@@ -219,9 +224,7 @@ class NfdRolloutNoCache(NfdRollout):
     @torch.no_grad()
     def _predict_window(self, lat_1CFHW, t_F, actions, c: int) -> torch.Tensor:
         x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
-        actions_BF = None
-        if self.model.action_embedder is not None:
-            actions_BF = torch.tensor(list(actions), device=x.device)[None].expand(x.shape[0], -1)
+        actions_BF = self._actions_BF(actions, x)
         self.forwards += 1
         x_BLD, ctx = self.model.embed(x, t_BF, text, actions_BF)
         ctx.mask, ctx.attn_backend = BlockCausal(frame_tokens=ctx.grid[1] * ctx.grid[2]), self.attn_backend

@@ -182,6 +182,16 @@ def render_prompt_clip(prompt: str, frames: int, seed: RngOrSeed, size: int = 32
     return Clip(_render(tracks, frames, size), caption(specs), tracks)
 
 
+def random_actions(rng: np.random.Generator, frames: int, repeat_prob: float = 0.8) -> list[str]:
+    """The play clips' action rule: actions[0] = "none"; each later action repeats the previous one
+    with probability `repeat_prob`, else is drawn uniformly from ACTIONS (actions[1] always drawn)."""
+    actions = ["none"]
+    for f in range(1, frames):
+        keep = f > 1 and rng.random() < repeat_prob
+        actions.append(actions[-1] if keep else ACTIONS[rng.integers(len(ACTIONS))])
+    return actions
+
+
 def sample_play_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32, repeat_prob: float = 0.8) -> PlayClip:
     """A white player moved by random actions among 0-2 bouncing shapes.
 
@@ -197,10 +207,7 @@ def sample_play_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32, repeat
     specs = _random_specs(rng, int(rng.integers(0, MAX_OBJECTS + 1)))
     tracks = [_track(rng, sp, frames, size) for sp in specs]
 
-    actions = ["none"]
-    for f in range(1, frames):
-        keep = f > 1 and rng.random() < repeat_prob
-        actions.append(actions[-1] if keep else ACTIONS[rng.integers(len(ACTIONS))])
+    actions = random_actions(rng, frames, repeat_prob)
     player = np.empty((frames, 2), dtype=np.int64)
     player[0] = rng.integers(0, size - side + 1, size=2)
     for f in range(1, frames):
