@@ -68,19 +68,21 @@ def test_sigmas_per_frame_or_per_clip():
 
 
 def test_play_model_is_block_causal():
+    from framecast.world.causal_training import predict_on_context
     from framecast.world.train import build
 
     cfg = load_config("tiny-play", SMALL)
     nets = build(cfg, 0)
     for p in nets.parameters():  # adaLN-Zero starts at the identity; perturb so outputs depend on inputs
         torch.nn.init.normal_(p, std=0.05) if p.ndim > 1 else None
-    x = torch.randn(1, 3, 3, 32, 32)
-    t, tokens = torch.full((1, 3), 500.0), torch.tensor([[1] + [0] * 15])
+    x, ctx = torch.randn(1, 3, 3, 32, 32), torch.randn(1, 3, 3, 32, 32)
+    t, t_ctx, tokens = torch.full((1, 3), 0.5), torch.zeros(1, 3), torch.tensor([[1] + [0] * 15])
     actions = torch.tensor([[0, 1, 2]])
-    y = predict(nets, x, t, tokens, actions, causal=True)
-    x2 = x.clone()
+    y = predict_on_context(nets, ctx, t_ctx, x, t, tokens, actions)
+    x2, ctx2 = x.clone(), ctx.clone()
     x2[:, :, 2] += 1.0  # changing the last frame must not change earlier frames' predictions
-    y2 = predict(nets, x2, t, tokens, actions, causal=True)
+    ctx2[:, :, 2] += 1.0  # nor may its context copy change anything (frame 2 sees context < 2)
+    y2 = predict_on_context(nets, ctx2, t_ctx, x2, t, tokens, actions)
     assert torch.equal(y[:, :, :2], y2[:, :, :2])
     assert not torch.equal(y[:, :, 2], y2[:, :, 2])
 

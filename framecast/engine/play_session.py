@@ -48,10 +48,7 @@ class PlaySession:
         cfg = engine.cfg
         sc = cfg.schedule
         req = engine.request(prompt, frames=1, seed=seed, allow_empty_prompt=True)  # sizes, seed checks
-        if engine.checkpoint is None and cfg.text.kind == "builtin":
-            from framecast.world.captions import tokenize
-
-            tokenize(prompt, max_len=cfg.text.max_length)  # unknown words are named before any work
+        engine.check_prompt(req)  # unknown words are named before any work
         self.engine, self.seed = engine, req.seed
         self.acts = engine.model.action_embedder is not None
         if self.acts and cfg.model.num_actions < len(ACTIONS):

@@ -127,16 +127,11 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> to
     return sigma_BF
 
 
-def predict(nets: nn.ModuleDict, x_BCFHW: torch.Tensor, t_BF: torch.Tensor, tokens_BS: torch.Tensor,
-            actions_BF: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
-    """Velocity prediction; `causal`: block-causal self-attention over frames (play model)."""
-    from framecast.models.attention import BlockCausal
-
+def predict(nets: nn.ModuleDict, x_BCFHW: torch.Tensor, t_BF: torch.Tensor, tokens_BS: torch.Tensor) -> torch.Tensor:
+    """Velocity prediction of the text model (full attention; play models: causal_training)."""
     model = nets["transformer"]
     text_BSD = nets["text_encoder"](tokens_BS)
-    x_BLD, ctx = model.embed(x_BCFHW, t_BF, text_BSD, actions_BF)
-    if causal:
-        ctx.mask = BlockCausal(ctx.grid[1] * ctx.grid[2])
+    x_BLD, ctx = model.embed(x_BCFHW, t_BF, text_BSD)
     for block in model.blocks:
         x_BLD = block(x_BLD, ctx)
     return model.head(x_BLD, ctx)
