@@ -1,14 +1,15 @@
 """World metrics of NFD play rollouts: the few-step student vs its many-step teacher (and random).
 
-    python bench/play_quality.py [--teacher DIR/weights.safetensors] [--frames 64 240] [--sequences 4]
-                                 [--teacher-steps 16] [--out bench/results/play_quality.json]
+    python bench/play_quality.py [--teacher DIR/weights.safetensors] [--student builtin:tiny-play]
+                                 [--frames 64 240] [--sequences 4] [--teacher-steps 16]
+                                 [--out bench/results/play_quality.json] [KEY=VALUE ...]
 
 Each variant rolls out `sequences` random action sequences (the world's rule: each action repeats
 the previous one with probability 0.8) of each length with the tiny-play preset, and scores every
 video with `framecast.world.metrics.evaluate_video(frames, actions=...)`: how often the white
 player moves one step the pressed way (action_follow), player presence / duplicates, object count
 stability and colour identity, and the largest centroid jump. For long rollouts the last 32 frames
-are also scored alone (drift). Variants: the shipped student (builtin:tiny-play, 4 steps), the
+are also scored alone (drift). Variants: the shipped student (`--student`, default builtin:tiny-play, 4 steps), the
 student with joint speculative drafts (K=4), the teacher at `teacher-steps` and at 4 steps, and
 random weights. Prints a table of means and writes JSON. Not a test.
 """
@@ -51,13 +52,15 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="", help="teacher weights (.safetensors); omitted: no teacher rows")
+    ap.add_argument("--student", default="builtin:tiny-play", help="few-step weights (default: the shipped ones)")
     ap.add_argument("--teacher-steps", type=int, default=16)
     ap.add_argument("--frames", type=int, nargs="+", default=[64, 240])
     ap.add_argument("--sequences", type=int, default=4)
     ap.add_argument("--out", default="bench/results/play_quality.json")
+    ap.add_argument("extra", nargs="*", help="config overrides for every variant (e.g. schedule.window=3)")
     args = ap.parse_args()
-    variants = [("student 4 steps", ["model.weights=builtin:tiny-play"]),
-                ("student 4 steps, speculate 4", ["model.weights=builtin:tiny-play", "schedule.speculate=4"])]
+    variants = [("student 4 steps", [f"model.weights={args.student}"]),
+                ("student 4 steps, speculate 4", [f"model.weights={args.student}", "schedule.speculate=4"])]
     if args.teacher:
         variants += [(f"teacher {args.teacher_steps} steps", [f"model.weights={args.teacher}",
                                                               f"sampler.steps={args.teacher_steps}"]),
@@ -65,7 +68,7 @@ def main() -> None:
     variants.append(("random weights", ["model.weights="]))
     rows = []
     for label, overrides in variants:
-        engine = Engine.from_preset("tiny-play", overrides)
+        engine = Engine.from_preset("tiny-play", [*overrides, *args.extra])
         for frames in args.frames:
             runs = [score(engine, frames, seed) for seed in range(args.sequences)]
             row = {"variant": label, "frames": frames, "runs": runs}
@@ -83,7 +86,8 @@ def main() -> None:
         cells = " ".join(f"{r[c]:>16.3f}" if r.get(c) is not None else f"{'-':>16}" for c in cols)
         print(f"{r['variant']:<30} {r['frames']:>6} {cells}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "teacher": args.teacher}, indent=1))
+    Path(args.out).write_text(json.dumps({"rows": rows, "teacher": args.teacher, "student": args.student,
+                                          "overrides": args.extra}, indent=1))
     print(f"wrote {args.out}")
 
 

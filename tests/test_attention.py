@@ -62,6 +62,22 @@ def test_block_causal_query_offset_against_longer_keys():
                                atol=1e-5, rtol=1e-5)
 
 
+def test_windowed_block_causal_matches_dense_mask():
+    """window=W: query frame f sees key frames f-W .. f only (NFD's sliding window inside a chunk)."""
+    q, k, v = qkv(L=12, S=24)  # queries = frames 3, 4, 5 of 6 key frames
+    mask = dense_block_causal(3, 6, 4, q_start_frame=3)
+    qf = torch.arange(3).repeat_interleave(4) + 3
+    kf = torch.arange(6).repeat_interleave(4)
+    mask &= kf[None, :] >= qf[:, None] - 2
+    got = attention(q, k, v, mask=BlockCausal(frame_tokens=4, q_start_frame=3, window=2))
+    torch.testing.assert_close(got, reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    unwindowed = attention(q, k, v, mask=BlockCausal(frame_tokens=4, q_start_frame=3))
+    assert (got - unwindowed).abs().max() > 1e-3  # the window matters
+    # a window at least as long as the history changes nothing
+    wide = attention(q, k, v, mask=BlockCausal(frame_tokens=4, q_start_frame=3, window=5))
+    torch.testing.assert_close(wide, unwindowed, atol=0, rtol=0)
+
+
 def test_block_causal_errors():
     q, k, v = qkv(L=10, S=12)
     with pytest.raises(ValueError, match="multiple of frame_tokens"):

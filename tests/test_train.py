@@ -121,14 +121,13 @@ def _play_scores(overrides, seeds=(0, 1)):
 
 
 def test_shipped_tiny_play_weights_beat_random():
-    """The few-step student keeps the scene's objects and their colours from frame to frame (random
-    weights scramble them at once). It does not yet keep the white player (player.presence ~0.1,
-    action_follow ~0.05 in framecast/weights/tiny-play.json), so only the object metric is held to
-    a wide margin here; the player's motion is the xfail in test_browser.py."""
+    """The few-step student keeps the scene's objects and their colours from frame to frame and
+    moves the white player the way the actions say (random weights scramble the scene at once
+    and never move a player)."""
     assert files("framecast.weights").joinpath("tiny-play.safetensors").is_file()
     meta = json.loads(files("framecast.weights").joinpath("tiny-play.json").read_text())
     assert {"stages", "metrics"} <= meta.keys() and all("command" in s for s in meta["stages"])
     trained = _play_scores(["model.weights=builtin:tiny-play"])
     random = _play_scores(['model.weights=""'])
     assert trained["colour_identity"] > random["colour_identity"] + 0.25, (trained, random)
-    assert trained["action_follow"] >= random["action_follow"], (trained, random)
+    assert trained["action_follow"] > random["action_follow"] + 0.5, (trained, random)

@@ -25,14 +25,23 @@ import torch.nn.functional as F
 class BlockCausal:
     """Block-causal mask: tokens come in frames of `frame_tokens`; a query in frame f sees the
     keys of frames <= f. Queries start at key frame `q_start_frame` (queries for the last frames
-    of a longer key sequence, e.g. the current frame against a KV cache)."""
+    of a longer key sequence, e.g. the current frame against a KV cache). With `window`, a query
+    frame also sees at most `window` frames before its own (NFD's sliding window: a chunk of
+    drafts then sees what plain next-frame generation would, frame by frame)."""
 
     frame_tokens: int
     q_start_frame: int = 0
+    window: Optional[int] = None
 
     def key_end(self, q_frame: int) -> int:
         """Number of visible keys for query frame index `q_frame` (counted within the queries)."""
         return (self.q_start_frame + q_frame + 1) * self.frame_tokens
+
+    def key_start(self, q_frame: int) -> int:
+        """First visible key of query frame index `q_frame` (0 without a window)."""
+        if self.window is None:
+            return 0
+        return max(0, self.q_start_frame + q_frame - self.window) * self.frame_tokens
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ def _always(q, k, v, mask) -> Optional[str]:
 
 def _per_query_frame(fn, q_BLNH, k_BSNH, v_BSNH, mask: BlockCausal, scale):
     """Block-causal attention without a dense L x S mask: each query frame attends, unmasked, to
-    the key prefix it may see."""
+    the key range it may see."""
     ft = mask.frame_tokens
     if q_BLNH.shape[1] % ft:
         raise ValueError(f"BlockCausal: {q_BLNH.shape[1]} query tokens is not a multiple of frame_tokens={ft}")
@@ -120,7 +129,8 @@ def _per_query_frame(fn, q_BLNH, k_BSNH, v_BSNH, mask: BlockCausal, scale):
         end = mask.key_end(f)
         if end > k_BSNH.shape[1]:
             raise ValueError(f"BlockCausal: query frame {f} needs {end} keys, got {k_BSNH.shape[1]}")
-        outs.append(fn(q_BLNH[:, f * ft:(f + 1) * ft], k_BSNH[:, :end], v_BSNH[:, :end], scale))
+        start = mask.key_start(f)
+        outs.append(fn(q_BLNH[:, f * ft:(f + 1) * ft], k_BSNH[:, start:end], v_BSNH[:, start:end], scale))
     return torch.cat(outs, dim=1)
 
 

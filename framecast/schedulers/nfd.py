@@ -91,7 +91,9 @@ def frame_noise(seed: int, frame: int, shape_CHW: Sequence[int], stream: str = "
 def forward_on_cache(model, lat_BCFHW: torch.Tensor, t_BF: torch.Tensor, text_BSD: torch.Tensor,
                      actions_BF: Optional[torch.Tensor], hook: CacheHook, attn_backend: str = "sdpa"):
     """The model's prediction [B, C, F, H, W] for F frames placed after the hook's cache window:
-    block-causal among themselves, keys roped at window-local positions 0 .. window + F − 1."""
+    block-causal among themselves, keys roped at window-local positions 0 .. window + F − 1, and
+    each frame sees at most the cache's `window` frames before it (a chunk of drafts sees, frame
+    by frame, what plain NFD would: relative offsets stay within the trained range)."""
     if model.patch_size[0] != 1:
         raise ValueError(f"NFD needs one latent frame per token frame (patch_size[0] = 1), got {model.patch_size}")
     x_BLD, ctx = model.embed(lat_BCFHW, t_BF, text_BSD, actions_BF)
@@ -100,7 +102,7 @@ def forward_on_cache(model, lat_BCFHW: torch.Tensor, t_BF: torch.Tensor, text_BS
     pos = torch.arange(c + f, device=x_BLD.device)
     ctx.rope_q = model.rope_table(pos[c:], h, w)
     ctx.rope_k = model.rope_table(pos, h, w)
-    ctx.mask = BlockCausal(frame_tokens=h * w, q_start_frame=c)
+    ctx.mask = BlockCausal(frame_tokens=h * w, q_start_frame=c, window=hook.cache.window)
     ctx.kv_hook, ctx.attn_backend = hook, attn_backend
     for block in model.blocks:
         x_BLD = block(x_BLD, ctx)
@@ -227,7 +229,8 @@ class NfdRolloutNoCache(NfdRollout):
         actions_BF = self._actions_BF(actions, x)
         self.forwards += 1
         x_BLD, ctx = self.model.embed(x, t_BF, text, actions_BF)
-        ctx.mask, ctx.attn_backend = BlockCausal(frame_tokens=ctx.grid[1] * ctx.grid[2]), self.attn_backend
+        ft = ctx.grid[1] * ctx.grid[2]
+        ctx.mask, ctx.attn_backend = BlockCausal(frame_tokens=ft, window=self.window), self.attn_backend
         for block in self.model.blocks:
             x_BLD = block(x_BLD, ctx)
         return self.denoiser.combine(self.model.head(x_BLD, ctx)[:, :, c:]).float()
