@@ -120,6 +120,7 @@ def test_holding_an_arrow_key_streams_frames_under_that_action(played, key):
     from framecast.world.captions import ACTIONS
 
     ready, got = played[key]
+    assert ready["seed"] == SEED  # the page's scene box reached the session
     assert got[0]["index"] == 0 and [f["index"] for f in got] == list(range(len(got)))
     code = ACTIONS.index(KEYS[key][0])
     actions = [f["action"] for f in got]
