@@ -9,9 +9,9 @@ the previous one with probability 0.8) of each length with the tiny-play preset,
 video with `framecast.world.metrics.evaluate_video(frames, actions=...)`: how often the white
 player moves one step the pressed way (action_follow), player presence / duplicates, object count
 stability and colour identity, and the largest centroid jump. For long rollouts the last 32 frames
-are also scored alone (drift). Variants: the shipped student (`--student`, default builtin:tiny-play, 4 steps), the
-student with joint speculative drafts (K=4), the teacher at `teacher-steps` and at 4 steps, and
-random weights. Prints a table of means and writes JSON. Not a test.
+are also scored alone (drift). Variants: the few-step student (`--student`, default the shipped
+builtin:tiny-play, 4 steps), the student with joint speculative drafts (K=4), the teacher at
+`teacher-steps` and at 4 steps, and random weights. Prints a table of means and writes JSON. Not a test.
 """
 from __future__ import annotations
 

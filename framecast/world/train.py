@@ -205,6 +205,10 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     opt = options or TrainOptions()
     if opt.play and cfg.model.num_actions < 1:
         raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
+    if (opt.action_init_std > 0 or opt.fg_weight > 0) and not opt.play:
+        raise ValueError("--action-init-std and --fg-weight are for play models; add --play")
+    if opt.distill_from and not opt.play:
+        raise ValueError("distillation (distill_from) is for play models; add --play")
     if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
         raise ValueError("world training is pixel space with the built-in text encoder "
                          f"(vae.kind=identity, text.kind=builtin); got vae.kind={cfg.vae.kind}, "
@@ -218,17 +222,12 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     nets = build(cfg, seed).to(dev).train()
     if opt.init_from:
         nets.load_state_dict(load_nets(cfg, opt.init_from).state_dict())
-    if opt.action_init_std > 0 or opt.fg_weight > 0:
-        if not opt.play:
-            raise ValueError("--action-init-std and --fg-weight are for play models; add --play")
     if opt.action_init_std > 0:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             nn.init.normal_(nets["transformer"].action_embedder.weight, std=opt.action_init_std)
     teacher, grid = None, None
     if opt.distill_from:
-        if not opt.play:
-            raise ValueError("distillation (distill_from) is for play models; add --play")
         teacher = load_nets(cfg, opt.distill_from).to(dev).eval().requires_grad_(False)
         nets.load_state_dict(teacher.state_dict())  # the student starts as the teacher
         grid = sampler_factory(cfg)().sigmas  # the few-step grid the student will be sampled on
