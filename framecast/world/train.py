@@ -408,9 +408,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framecast.world.train", description=__doc__.splitlines()[0])
-    add_train_arguments(parser)
-    return run_train(parser.parse_args(argv))
+    """`python -m framecast.world.train ...` is `framecast train ...` (one-line errors, exit 2)."""
+    from framecast.launch.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
