@@ -1,6 +1,6 @@
 """Frames per second of NFD play: KV cache on/off, speculation on/off, loop-only and end-to-end.
 
-    python bench/play_fps.py [--frames 96] [--repeats 3] [--speculate 4] [--repeat-prob 0.8]
+    python bench/play_fps.py [--frames 96] [--repeats 3] [--speculate 4 ...] [--repeat-prob 0.8]
                              [--gpu-model] [--out bench/results/play_fps.json]
 
 CPU part (the shipped `tiny-play` preset, 32x32, 4 steps): for each variant, median FPS over
@@ -9,8 +9,9 @@ the previous one with probability `repeat_prob` (the world's play clips use 0.8)
   - loop-only FPS: frames / seconds inside the model (denoising, commits, drafts);
   - end-to-end FPS: frames / wall seconds of the whole loop including VAE decode and the socket
     encoding of `framecast serve` (PNG + 8-byte header) — the number a viewer sees (spec §7.3).
-Variants: KV cache (NfdRollout) vs recompute-the-window (NfdRolloutNoCache); speculation off vs
-`--speculate K` joint drafts (reporting drafted / accepted / discarded frames).
+Variants: KV cache (NfdRollout) vs recompute-the-window (NfdRolloutNoCache); separate vs fused
+commit passes (`fuse_commit`: a frame's commit rides on the next chunk's first step); speculation
+off vs `--speculate K` joint drafts (reporting drafted / accepted / discarded frames).
 
 GPU part (`--gpu-model`, CUDA only): a 310M-parameter NFD-shaped Wan DiT with random weights
 (dim 1024, 18 layers, 16 heads, 16 latent channels, patch 1x2x2) at 384x224 (latent 48x28: an 8x
@@ -47,15 +48,15 @@ def action_sequence(frames: int, repeat_prob: float, seed: int) -> list[int]:
     return [ACTIONS.index(a) for a in random_actions(np.random.default_rng(seed), frames, repeat_prob)]
 
 
-def make_rollout(engine: Engine, cache: bool, shape, window: int, context_sigma: float):
+def make_rollout(engine: Engine, cache: bool, shape, window: int, context_sigma: float, fuse: bool):
     cls = NfdRollout if cache else NfdRolloutNoCache
     return cls(engine.model, engine.denoiser("", ""), engine.make_sampler, shape, seed=0, window=window,
-               context_sigma=context_sigma, attn_backend=engine.cfg.model.attn_backend)
+               context_sigma=context_sigma, attn_backend=engine.cfg.model.attn_backend, fuse_commit=fuse)
 
 
-def run_once(engine: Engine, actions: list[int], cache: bool, speculate: int, shape, window: int,
+def run_once(engine: Engine, actions: list[int], cache: bool, speculate: int, fuse: bool, shape, window: int,
              context_sigma: float, decode: bool) -> dict:
-    rollout = make_rollout(engine, cache, shape, window, context_sigma)
+    rollout = make_rollout(engine, cache, shape, window, context_sigma, fuse)
     spec = SpeculativeRollout(rollout, speculate, "joint", total=len(actions)) if speculate > 1 else None
     decoder = engine.vae.decoder() if decode else None
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
@@ -85,11 +86,11 @@ def run_once(engine: Engine, actions: list[int], cache: bool, speculate: int, sh
 
 def bench(engine: Engine, variants, actions, shape, window, context_sigma, repeats, decode, label) -> list[dict]:
     rows = []
-    run_once(engine, actions[:4], True, 1, shape, window, context_sigma, decode)  # warm-up
-    for cache, speculate in variants:
-        runs = [run_once(engine, actions, cache, speculate, shape, window, context_sigma, decode)
+    run_once(engine, actions[:4], True, 1, False, shape, window, context_sigma, decode)  # warm-up
+    for cache, speculate, fuse in variants:
+        runs = [run_once(engine, actions, cache, speculate, fuse, shape, window, context_sigma, decode)
                 for _ in range(repeats)]
-        row = {"setup": label, "kv_cache": cache, "speculate": speculate, "frames": len(actions),
+        row = {"setup": label, "kv_cache": cache, "speculate": speculate, "fuse_commit": fuse, "frames": len(actions),
                "loop_fps": statistics.median(r["loop_fps"] for r in runs),
                "e2e_fps": statistics.median(r["e2e_fps"] for r in runs) if decode else None,
                "forwards_per_frame": runs[0]["forwards"] / len(actions), "runs": runs}
@@ -110,27 +111,29 @@ def gpu_engine(attn: str) -> Engine:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'setup':<34} {'KV cache':>8} {'spec K':>6} {'loop FPS':>9} {'e2e FPS':>8} {'fwd/frame':>9} "
-          f"{'drafted/accepted/discarded':>27}")
+    print(f"{'setup':<34} {'KV cache':>8} {'fused':>5} {'spec K':>6} {'loop FPS':>9} {'e2e FPS':>8} "
+          f"{'fwd/frame':>9} {'drafted/accepted/discarded':>27}")
     for r in rows:
         e2e = f"{r['e2e_fps']:.1f}" if r["e2e_fps"] is not None else "-"
         spec = f"{r['drafted']}/{r['accepted']}/{r['discarded']}" if "drafted" in r else "-"
-        print(f"{r['setup']:<34} {'on' if r['kv_cache'] else 'off':>8} {r['speculate']:>6} {r['loop_fps']:>9.1f} "
-              f"{e2e:>8} {r['forwards_per_frame']:>9.2f} {spec:>27}")
+        print(f"{r['setup']:<34} {'on' if r['kv_cache'] else 'off':>8} {'yes' if r['fuse_commit'] else 'no':>5} "
+              f"{r['speculate']:>6} {r['loop_fps']:>9.1f} {e2e:>8} {r['forwards_per_frame']:>9.2f} {spec:>27}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--speculate", type=int, default=4)
+    ap.add_argument("--speculate", type=int, nargs="+", default=[4], help="draft sizes K to measure")
     ap.add_argument("--repeat-prob", type=float, default=0.8)
     ap.add_argument("--gpu-model", action="store_true", help="also the 310M NFD-shaped model on CUDA")
     ap.add_argument("--gpu-frames", type=int, default=64)
     ap.add_argument("--out", default="bench/results/play_fps.json")
     args = ap.parse_args()
     actions = action_sequence(args.frames, args.repeat_prob, seed=0)
-    variants = [(True, 1), (False, 1), (True, args.speculate)]
+    ks = args.speculate
+    variants = [(True, 1, False), (True, 1, True), (False, 1, False)] + [
+        v for k in ks for v in ((True, k, False), (True, k, True))]
 
     engine = Engine.from_preset("tiny-play")
     cfg = engine.cfg

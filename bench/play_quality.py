@@ -1,7 +1,7 @@
 """World metrics of NFD play rollouts: the few-step student vs its many-step teacher (and random).
 
     python bench/play_quality.py [--teacher DIR/weights.safetensors] [--student builtin:tiny-play]
-                                 [--frames 64 240] [--sequences 4] [--teacher-steps 16]
+                                 [--frames 64 240] [--sequences 4] [--teacher-steps 16] [--speculate 2 3 4]
                                  [--out bench/results/play_quality.json] [KEY=VALUE ...]
 
 Each variant rolls out `sequences` random action sequences (the world's rule: each action repeats
@@ -10,8 +10,9 @@ video with `framecast.world.metrics.evaluate_video(frames, actions=...)`: how of
 player moves one step the pressed way (action_follow), player presence / duplicates, object count
 stability and colour identity, and the largest centroid jump. For long rollouts the last 32 frames
 are also scored alone (drift). Variants: the few-step student (`--student`, default the shipped
-builtin:tiny-play, 4 steps), the student with joint speculative drafts (K=4), the teacher at
-`teacher-steps` and at 4 steps, and random weights. Prints a table of means and writes JSON. Not a test.
+builtin:tiny-play, 4 steps), the student with joint speculative drafts of each `--speculate` K,
+the teacher at `teacher-steps` and at 4 steps, and random weights. Prints a table of means and
+writes JSON. Not a test.
 """
 from __future__ import annotations
 
@@ -56,11 +57,13 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=16)
     ap.add_argument("--frames", type=int, nargs="+", default=[64, 240])
     ap.add_argument("--sequences", type=int, default=4)
+    ap.add_argument("--speculate", type=int, nargs="*", default=[2, 3, 4], help="joint draft sizes K to score")
     ap.add_argument("--out", default="bench/results/play_quality.json")
     ap.add_argument("extra", nargs="*", help="config overrides for every variant (e.g. schedule.window=3)")
     args = ap.parse_args()
-    variants = [("student 4 steps", [f"model.weights={args.student}"]),
-                ("student 4 steps, speculate 4", [f"model.weights={args.student}", "schedule.speculate=4"])]
+    variants = [("student 4 steps", [f"model.weights={args.student}"])] + [
+        (f"student 4 steps, speculate {k}", [f"model.weights={args.student}", f"schedule.speculate={k}"])
+        for k in args.speculate]
     if args.teacher:
         variants += [(f"teacher {args.teacher_steps} steps", [f"model.weights={args.teacher}",
                                                               f"sampler.steps={args.teacher_steps}"]),

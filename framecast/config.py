@@ -80,6 +80,7 @@ class ScheduleConfig:
     speculate: int = 1  # NFD: draft K frames under the current action, keep those the actions confirm (1 = off)
     draft_mode: str = "joint"  # NFD drafts: joint (one batched pass per step) | sequential (= plain NFD)
     first_frame: str = "generate"  # NFD: generate (the model makes frame 0) | world (a built-in world scene)
+    fuse_commit: bool = True  # NFD: record finished frames' K/V in the next chunk's first pass (T passes, not T + 1)
 
 
 @dataclass

@@ -11,7 +11,8 @@ from framecast.engine.text import BuiltinTextEncoder
 from framecast.models.attention import TeacherForcing, attention
 from framecast.models.wan import WanModel
 from framecast.schedulers.nfd import forward_on_cache
-from framecast.world.causal_training import distill_loss, predict_on_context, teacher_forcing_mask
+from framecast.world.causal_training import (distill_loss, draft_mask, predict_on_context, share_in_draft,
+                                             teacher_forcing_mask)
 from framecast.world.train import TrainOptions, lr_at, train
 
 SMALL = ["model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=16",
@@ -65,6 +66,49 @@ def test_training_prediction_equals_denoising_on_the_nfd_cache():
         cache.commit(hook, frames=1)
 
 
+def test_draft_mask_without_a_draft_is_teacher_forcing():
+    masks = draft_mask(3, 2, torch.tensor([3, 1]))
+    assert torch.equal(masks[0, 0], teacher_forcing_mask(3, 2))
+    frame = draft_mask(3, 1, torch.tensor([1]))[0, 0].int().tolist()
+    assert frame == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                     [0, 0, 0, 1, 0, 0], [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1]]  # noisy_2 sees noisy_1, not ctx_1
+    assert share_in_draft(torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]]), torch.tensor([1, 4])).tolist() == [
+        [1, 2, 2, 2], [1, 2, 3, 4]]
+
+
+@torch.no_grad()
+def test_draft_layout_equals_a_joint_draft_on_the_nfd_cache():
+    """Clips with a joint draft from frame s: frames >= s in the training layout == NFD's joint
+    drafting pass (frames s.. as one chunk at one σ on a cache of the committed frames < s), and
+    frames < s still == plain NFD. Two clips with different starts in one batch (fp32, 1e-5)."""
+    n = nets()
+    model = n["transformer"]
+    g = torch.Generator().manual_seed(2)
+    f, starts = 4, torch.tensor([1, 2])
+    ctx = torch.randn(2, 3, f, 8, 8, generator=g)
+    x = torch.randn(2, 3, f, 8, 8, generator=g)
+    sigma_ctx = torch.rand(2, f, generator=g) * 0.1
+    sigma = share_in_draft(torch.rand(2, f, generator=g), starts)
+    actions = torch.tensor([[0, 4, 4, 4], [2, 2, 1, 1]])
+    tokens = torch.tensor([[1, 0, 0, 0]] * 2)
+    trained = predict_on_context(n, ctx, sigma_ctx, x, sigma, tokens, actions, starts)
+    assert not torch.allclose(trained, predict_on_context(n, ctx, sigma_ctx, x, sigma, tokens, actions), atol=1e-3)
+    for b, s in enumerate(starts.tolist()):
+        text = n["text_encoder"](tokens[b:b + 1])
+        cache = CausalKVCache(window=32)
+        for i in range(s):
+            out = forward_on_cache(model, x[b:b + 1, :, i:i + 1], sigma[b:b + 1, i:i + 1] * 1000, text,
+                                   actions[b:b + 1, i:i + 1], cache.reader())
+            assert torch.allclose(out, trained[b:b + 1, :, i:i + 1], atol=1e-5), f"clip {b} frame {i}"
+            hook = cache.writer()
+            forward_on_cache(model, ctx[b:b + 1, :, i:i + 1], sigma_ctx[b:b + 1, i:i + 1] * 1000, text,
+                             actions[b:b + 1, i:i + 1], hook)
+            cache.commit(hook, frames=1)
+        drafted = forward_on_cache(model, x[b:b + 1, :, s:], sigma[b:b + 1, s:] * 1000, text,
+                                   actions[b:b + 1, s:], cache.reader())
+        assert torch.allclose(drafted, trained[b:b + 1, :, s:], atol=1e-5), f"clip {b} draft"
+
+
 def test_distillation_target_is_the_teachers_substeps():
     """With student = teacher and one substep, the target velocity IS the student's own prediction,
     so the loss is 0; with more substeps it is not."""
@@ -76,6 +120,9 @@ def test_distillation_target_is_the_teachers_substeps():
     assert same.item() < 1e-10
     more = distill_loss(teacher, teacher, x0, actions, tokens, grid, torch.Generator().manual_seed(0), 0.1, 4)
     assert more.item() > 1e-6
+    drafts = distill_loss(teacher, teacher, x0, actions, tokens, grid, torch.Generator().manual_seed(0), 0.1, 1,
+                          draft_prob=1.0)
+    assert drafts.item() < 1e-10
 
 
 def test_lr_warms_up_then_decays_by_cosine():
@@ -90,12 +137,12 @@ def test_lr_warms_up_then_decays_by_cosine():
 def test_play_training_and_distillation_lower_their_losses(tmp_path):
     cfg = load_config("tiny-play", SMALL)
     teacher = train(cfg, steps=30, batch=4, frames=4, seed=0, out=tmp_path / "teacher", progress=False,
-                    options=TrainOptions(lr=2e-3, warmup=5, play=True))
+                    options=TrainOptions(lr=2e-3, warmup=5, play=True, draft_prob=0.5))
     losses = teacher["losses"]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     student = train(cfg, steps=20, batch=4, frames=4, seed=1, out=tmp_path / "student", progress=False,
                     options=TrainOptions(lr=1e-3, warmup=2, play=True, distill_from=str(tmp_path / "teacher"),
-                                         substeps=2))
+                                         substeps=2, draft_prob=0.5))
     d = student["losses"]
     assert all(np.isfinite(d)) and np.mean(d[-5:]) < np.mean(d[:5])
 

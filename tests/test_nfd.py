@@ -27,13 +27,13 @@ def tiny_model(seed=0, layers=2):
     return model.eval()
 
 
-def rollout(model, window=32, steps=2, seed=7, context_sigma=0.0):
+def rollout(model, window=32, steps=2, seed=7, context_sigma=0.0, fuse_commit=False):
     text = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(1))
     proto = make_sampler("euler", shift=3.0)
     proto.set_timesteps(steps)
     den = Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"))
     return NfdRollout(model, den, lambda: copy.deepcopy(proto), (C, H, W), seed=seed, window=window,
-                      context_sigma=context_sigma)
+                      context_sigma=context_sigma, fuse_commit=fuse_commit)
 
 
 def cat(frames):
@@ -233,6 +233,47 @@ def test_online_push_rolls_back_and_finishes():
     assert (spec.stats.accepted, spec.stats.discarded, r.cache.frames) == (3, 1, 5)
     spec.finish()  # unused drafts leave the cache
     assert (spec.stats.discarded, r.cache.frames, r.cache._holds) == (3, 3, [])
+
+
+@pytest.mark.parametrize("window", [32, 3])
+def test_fused_commits_make_the_same_video_in_fewer_passes(window):
+    """fuse_commit: a frame's commit rides on the next chunk's first pass. Plain NFD and joint
+    speculation (with rollbacks) make the unfused videos (fp32, 1e-5) and caches, one pass fewer per chunk."""
+    model = tiny_model()
+    actions = [0, 4, 4, 4, 1, 1, 2, 2, 2, 2, 2, 3]
+    plain_r, fused_r = rollout(model, window=window, context_sigma=0.1), rollout(
+        model, window=window, context_sigma=0.1, fuse_commit=True)
+    plain, fused = cat(plain_r.generate(actions)), cat(fused_r.generate(actions))
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
+    assert plain_r.forwards == 12 * 3 and fused_r.forwards == 12 * 2  # T = 2 steps (+ 1 commit unfused)
+    assert len(fused_r.pending) == 1  # the last frame waits for a next pass ...
+    fused_r.flush()  # ... or is committed on its own
+    for l, (k, v) in plain_r.cache.window_state().items():
+        k2, v2 = fused_r.cache.window_state()[l]
+        torch.testing.assert_close(k2, k, atol=1e-5, rtol=0)
+        torch.testing.assert_close(v2, v, atol=1e-5, rtol=0)
+
+    stats, fstats = SpeculationStats(), SpeculationStats()
+    joint = cat(speculative_generate(rollout(model, window=window), actions, draft=4, stats=stats))
+    fr = rollout(model, window=window, fuse_commit=True)
+    fjoint = cat(speculative_generate(fr, actions, draft=4, stats=fstats))
+    torch.testing.assert_close(fjoint, joint, atol=1e-5, rtol=0)
+    assert fstats == stats and fstats.discarded > 0
+    assert fr.forwards == 2 * stats.drafts and fr.cache._holds == []
+
+
+def test_fused_rollback_drops_pending_drafts_first():
+    r = rollout(tiny_model(layers=1), steps=1, fuse_commit=True)
+    spec = SpeculativeRollout(r, draft=3)
+    spec.push(1)
+    assert (r.cache.frames, len(r.pending), r.next_frame) == (0, 3, 3)  # drafts wait, uncommitted
+    spec.push(1)
+    spec.push(2)  # the third draft is dropped from pending; the new draft's first pass commits 2 frames
+    assert (spec.stats.discarded, r.cache.frames, len(r.pending)) == (1, 2, 3)
+    spec.finish()
+    assert (r.cache.frames, len(r.pending), r.next_frame) == (2, 1, 3)
+    with pytest.raises(RuntimeError, match="next frame is 3"):
+        r.denoise(2, [1])
 
 
 def test_context_noise_changes_context_only():

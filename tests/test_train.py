@@ -122,8 +122,8 @@ def _play_scores(overrides, seeds=(0, 1)):
 
 def test_shipped_tiny_play_weights_beat_random():
     """The few-step student keeps the scene's objects and their colours from frame to frame and
-    moves the white player the way the actions say (random weights scramble the scene at once
-    and never move a player)."""
+    moves the white player the way the actions say, also with joint speculative drafts (random
+    weights scramble the scene at once and never move a player)."""
     assert files("framecast.weights").joinpath("tiny-play.safetensors").is_file()
     meta = json.loads(files("framecast.weights").joinpath("tiny-play.json").read_text())
     assert {"stages", "metrics"} <= meta.keys() and all("command" in s for s in meta["stages"])
@@ -131,3 +131,19 @@ def test_shipped_tiny_play_weights_beat_random():
     random = _play_scores(['model.weights=""'])
     assert trained["colour_identity"] > random["colour_identity"] + 0.25, (trained, random)
     assert trained["action_follow"] > random["action_follow"] + 0.5, (trained, random)
+    # trained with joint drafts (train --draft-prob): two-frame speculation keeps the player moving
+    drafted = _play_scores(["model.weights=builtin:tiny-play", "schedule.speculate=2"])
+    assert drafted["action_follow"] > random["action_follow"] + 0.5, (drafted, random)
+
+
+def test_train_cli_rejects_bad_play_options_before_any_output(tmp_path, capsys):
+    from framecast.world.train import main
+
+    for argv, message in ((["--play", "--preset", "tiny-play", "--draft-prob", "2"], "--draft-prob must be in [0, 1]"),
+                          (["--draft-prob", "0.5"], "are for play models; add --play"),
+                          (["--logit-std", "0"], "--logit-std must be > 0")):
+        out = tmp_path / "run"
+        assert main(["--out", str(out), "--steps", "1", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists()

@@ -12,6 +12,7 @@ PR #1454; the unbounded-RoPE crash is Causal-Forcing #2). Spec: shared/methods/n
     ctx.kv_hook = cache.reader()          # attend to the window, keep nothing (a denoising step)
     ctx.kv_hook = hook = cache.writer()   # attend to the window and record this pass's K/V
     cache.commit(hook, frames=n)          # append them; frames beyond the window are dropped
+    hook = cache.writer(tokens=p * T)     # fused: record only the first p frames of the pass
     mark = cache.snapshot()               # speculation: keep what a rollback needs ...
     cache.rollback(k); cache.release()    # ... discard the last k frames exactly, then let go
 
@@ -31,14 +32,16 @@ class CacheHook:
     """What a model pass sees as `ctx.kv_hook`: prepends the cache window; a writer also records
     the pass's own (un-roped) K/V per layer for `CausalKVCache.commit`."""
 
-    def __init__(self, cache: "CausalKVCache", record: bool):
-        self.cache, self.record = cache, record
+    def __init__(self, cache: "CausalKVCache", record: bool, record_tokens: Optional[int] = None):
+        self.cache, self.record, self.record_tokens = cache, record, record_tokens
         self.window_frames = cache.window_frames  # fixed for the pass: the rope/mask were built for it
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def extend(self, layer_id: int, k_BSNH: torch.Tensor, v_BSNH: torch.Tensor):
         if self.record:
-            self.kv[layer_id] = (k_BSNH, v_BSNH)  # the pass is over: nothing else holds these
+            # the pass is over: nothing else holds these; a fused pass keeps only its first tokens
+            n = self.record_tokens
+            self.kv[layer_id] = (k_BSNH, v_BSNH) if n is None else (k_BSNH[:, :n], v_BSNH[:, :n])
         old = self.cache.window_kv(layer_id, self.window_frames)
         if old is None:
             return k_BSNH, v_BSNH
@@ -92,8 +95,12 @@ class CausalKVCache:
     def reader(self) -> CacheHook:
         return CacheHook(self, record=False)
 
-    def writer(self) -> CacheHook:
-        return CacheHook(self, record=True)
+    def writer(self, tokens: Optional[int] = None) -> CacheHook:
+        """A hook that records the pass's K/V for `commit`: all of them, or only the first `tokens`
+        (a fused pass: frames to commit first, then frames denoised on top of them)."""
+        if tokens is not None and (not isinstance(tokens, int) or tokens < 1):
+            raise ValueError(f"writer: tokens must be a positive integer or None, got {tokens!r}")
+        return CacheHook(self, record=True, record_tokens=tokens)
 
     # ---- writing ------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@
 
 The CLI (`framecast play`), `Engine.stream` with schedule.name=nfd and the server's play socket
 all go through this class, so they make the same frames for the same actions and seed. Settings
-come from cfg.schedule (window, context_sigma, speculate, draft_mode, first_frame); speculate=1 is
-plain NFD (each push denoises and commits exactly one frame).
+come from cfg.schedule (window, context_sigma, speculate, draft_mode, first_frame, fuse_commit);
+speculate=1 is plain NFD (each push denoises and commits exactly one frame).
 
 Start frame: world models usually start from a real frame (Oasis, GameNGen, Matrix-Game are
 image-conditioned). With schedule.first_frame=world (the tiny-play preset) or an explicit
@@ -58,7 +58,7 @@ class PlaySession:
         denoiser = engine.denoiser(prompt, cfg.negative_prompt)
         self.rollout = NfdRollout(engine.model, denoiser, engine.make_sampler, shape, seed=req.seed,
                                   window=sc.window, context_sigma=sc.context_sigma,
-                                  attn_backend=cfg.model.attn_backend)
+                                  attn_backend=cfg.model.attn_backend, fuse_commit=sc.fuse_commit)
         k = sc.speculate if speculate is None else speculate  # a server's per-session choice
         self.speculative = SpeculativeRollout(self.rollout, k, sc.draft_mode, total=total)
         self._stats = self.speculative.stats

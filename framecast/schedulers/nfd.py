@@ -11,6 +11,13 @@ Design choices
   model once more on the finished frame at t = context_sigma·1000 (Self-Forcing's scheme).
   Recording the last denoising step instead would save that pass but cache K/V of a frame at
   sigma_{T−1} (≈ 0.3-0.6 with 4 shifted steps), which the model never saw as context in training.
+- Fused commits (`fuse_commit`): a finished frame's commit pass can instead ride on the next
+  chunk's first denoising step — one pass over [finished frames at σc | new frames at σ_0],
+  block-causal, recording only the finished frames' K/V. The new frames see exactly the K/V the
+  separate pass would have written (same inputs, same mask; equal to float rounding), so the
+  video is the same while a frame costs T passes instead of T + 1 (the first one wider).
+  Finished frames wait in `pending` until then; a speculative rollback drops pending drafts
+  without touching the cache.
 - Context noise (`context_sigma`, default 0.0): the commit pass sees
   (1 − σc)·x + σc·ε_ctx(seed, f) at timestep σc·1000 (GameNGen / NFD anti-drift trick). 0 means
   clean context, the identity choice until the trained tiny-play model says it needs noise; a
@@ -123,7 +130,7 @@ class NfdRollout:
 
     def __init__(self, model, denoiser, new_sampler: Callable, frame_shape: Sequence[int], *, seed: int = 0,
                  window: int = 32, context_sigma: float = 0.0, attn_backend: str = "sdpa",
-                 num_train_timesteps: int = 1000):
+                 num_train_timesteps: int = 1000, fuse_commit: bool = False):
         if not 0.0 <= context_sigma < 1.0:
             raise ValueError(f"context_sigma must be in [0, 1), got {context_sigma}")
         self.model, self.denoiser, self.new_sampler = model, denoiser, new_sampler
@@ -132,7 +139,14 @@ class NfdRollout:
         self.num_train_timesteps = num_train_timesteps
         self.cache = CausalKVCache(window)  # validates window
         self.window = window
+        self.fuse_commit = bool(fuse_commit)
+        self.pending: list[tuple[torch.Tensor, int]] = []  # fused: (latents [1, C, 1, H, W] at σc, action id)
         self.forwards = 0  # model passes run (denoising steps + commit passes), for FPS accounting
+
+    @property
+    def next_frame(self) -> int:
+        """Absolute index of the next frame: committed frames plus those pending a fused commit."""
+        return self.cache.frames + len(self.pending)
 
     def _noise(self, start: int, n: int, stream: str) -> torch.Tensor:
         frames = [frame_noise(self.seed, start + i, self.frame_shape, stream) for i in range(n)]
@@ -154,31 +168,80 @@ class NfdRollout:
         return torch.tensor(list(actions), device=x_BCFHW.device)[None].expand(x_BCFHW.shape[0], -1)
 
     def denoise(self, start: int, actions: Sequence[int]) -> torch.Tensor:
-        """Denoise frames start .. start + len(actions) − 1 together on top of the cache (which must
-        hold exactly the frames before `start`); returns their latents [1, C, n, H, W] float32.
-        Nothing is committed."""
-        if start != self.cache.frames:
-            raise RuntimeError(f"denoise: frame {start} requested but the cache holds {self.cache.frames} frames")
+        """Denoise frames start .. start + len(actions) − 1 together on top of the cache (which,
+        with the pending frames, must hold exactly the frames before `start`); returns their
+        latents [1, C, n, H, W] float32. Pending frames are committed in the first pass; the new
+        frames are not."""
+        if start != self.next_frame:
+            raise RuntimeError(f"denoise: frame {start} requested but the next frame is {self.next_frame} "
+                               f"({self.cache.frames} committed, {len(self.pending)} pending)")
         n = len(actions)
         lat = self._noise(start, n, "noise")
         sampler = self.new_sampler()
-        for t in sampler.timesteps:
-            velocity = self._predict(lat, t.expand(n), actions, self.cache.reader())
+        for i, t in enumerate(sampler.timesteps):
+            if i == 0 and self.pending:
+                velocity = self._predict_committing(lat, t.expand(n), actions)
+            else:
+                velocity = self._predict(lat, t.expand(n), actions, self.cache.reader())
             lat = sampler.step(velocity, t, lat)
         return lat
 
     def commit(self, start: int, lat_1CFHW: torch.Tensor, actions: Sequence[int]) -> None:
-        """Record the K/V of finished frames (one pass at the context noise level) into the cache."""
-        n, sc = len(actions), self.context_sigma
-        if start != self.cache.frames or lat_1CFHW.shape[2] != n:
-            raise RuntimeError(f"commit: frames {start}..{start + n - 1} do not follow the cache's "
-                               f"{self.cache.frames} frames (or the latents are not {n} frames)")
-        if sc > 0:
-            lat_1CFHW = (1 - sc) * lat_1CFHW + sc * self._noise(start, n, "context")
-        t_F = torch.full((n,), sc * self.num_train_timesteps, device=lat_1CFHW.device)
+        """Record the K/V of finished frames (one pass at the context noise level) into the cache;
+        with fuse_commit, queue them for the next pass instead."""
+        n = len(actions)
+        if start != self.next_frame or lat_1CFHW.shape[2] != n:
+            raise RuntimeError(f"commit: frames {start}..{start + n - 1} do not follow the {self.next_frame} "
+                               f"frames so far (or the latents are not {n} frames)")
+        lat_1CFHW = self._as_context(start, lat_1CFHW)
+        if self.fuse_commit:
+            self.pending += [(lat_1CFHW[:, :, i:i + 1], int(a)) for i, a in enumerate(actions)]
+            return
+        t_F = torch.full((n,), self.context_sigma * self.num_train_timesteps, device=lat_1CFHW.device)
         hook = self.cache.writer()
         self._predict(lat_1CFHW, t_F, actions, hook)
         self.cache.commit(hook, frames=n)
+
+    def flush(self) -> None:
+        """Commit the pending frames now, in a pass of their own (fuse_commit; else nothing to do)."""
+        if self.pending:
+            lat = torch.cat([p for p, _ in self.pending], dim=2)
+            t_F = torch.full((lat.shape[2],), self.context_sigma * self.num_train_timesteps, device=lat.device)
+            hook = self.cache.writer()
+            self._predict(lat, t_F, [a for _, a in self.pending], hook)
+            self.cache.commit(hook, frames=lat.shape[2])
+            self.pending = []
+
+    def rollback(self, n: int) -> None:
+        """Discard the newest n frames: pending ones first (never committed), then the cache's."""
+        if not isinstance(n, int) or not 0 <= n <= self.next_frame:
+            raise ValueError(f"rollback: n must be an integer in [0, {self.next_frame}], got {n!r}")
+        dropped = min(n, len(self.pending))
+        self.pending = self.pending[:len(self.pending) - dropped]
+        if n > dropped:
+            self.cache.rollback(n - dropped)
+
+    def _as_context(self, start: int, lat_1CFHW: torch.Tensor) -> torch.Tensor:
+        """Finished frames as the cache sees them: (1 − σc)·x + σc·ε_ctx(seed, f)."""
+        sc = self.context_sigma
+        if sc == 0:
+            return lat_1CFHW
+        return (1 - sc) * lat_1CFHW + sc * self._noise(start, lat_1CFHW.shape[2], "context")
+
+    def _predict_committing(self, lat_1CFHW: torch.Tensor, t_F: torch.Tensor, actions: Sequence[int]) -> torch.Tensor:
+        """One fused pass: the pending frames at σc (their K/V recorded and committed) followed by
+        the chunk at t_F, block-causal; returns the chunk's velocity."""
+        ctx = torch.cat([p for p, _ in self.pending], dim=2)
+        p = ctx.shape[2]
+        ph, pw = self.model.patch_size[1:]
+        frame_tokens = (lat_1CFHW.shape[3] // ph) * (lat_1CFHW.shape[4] // pw)
+        t_ctx = torch.full((p,), self.context_sigma * self.num_train_timesteps, device=t_F.device)
+        hook = self.cache.writer(tokens=p * frame_tokens)
+        out = self._predict(torch.cat([ctx, lat_1CFHW], dim=2), torch.cat([t_ctx, t_F.to(t_ctx.dtype)]),
+                            [a for _, a in self.pending] + list(actions), hook)
+        self.cache.commit(hook, frames=p)
+        self.pending = []
+        return out[:, :, p:]
 
     def run(self, plan: Sequence[NfdChunk]) -> Iterator[torch.Tensor]:
         """Execute a plan without speculation: only the kept frames of each chunk are computed.
@@ -201,7 +264,8 @@ class NfdRolloutNoCache(NfdRollout):
     [window | new frame] under the block-causal mask; a commit costs no pass. Until the window
     first slides this makes the cached rollout's frames (a committed frame's K/V then come from the
     same context either way); after that each window frame is re-encoded on the truncated window
-    only. No rollback: speculation needs `NfdRollout`."""
+    only. No rollback: speculation needs `NfdRollout`; commits cost no pass, so there is nothing
+    to fuse (fuse_commit is ignored)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

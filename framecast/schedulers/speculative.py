@@ -9,10 +9,12 @@ equality (ids), never at frame quality, as in NFD.
 
 Draft modes
 - "joint" (NFD): the K frames are ONE block-causal chunk: each denoising step is one forward over
-  K frames, plus one commit pass, so a draft costs T + 1 forwards whatever K. Frame f+k then sees
-  frames f .. f+k−1 mid-denoising rather than finished, so the video is not the one plain NFD
-  makes; it is exactly the non-speculative execution of `nfd_plan(actions, window, K)`
-  (`NfdRollout.run`): discarded drafts leave no trace.
+  K frames, plus one commit pass, so a draft costs T + 1 forwards whatever K (T with the
+  rollout's `fuse_commit`: the accepted drafts are committed in the next draft's first pass, and
+  a discarded draft was never committed). Frame f+k then sees frames f .. f+k−1 mid-denoising
+  rather than finished, so the video is not the one plain NFD makes; it is exactly the
+  non-speculative execution of `nfd_plan(actions, window, K)` (`NfdRollout.run`): discarded
+  drafts leave no trace. A model trained with joint drafts (`train --draft-prob`) expects that.
 - "sequential": the K drafts are made one frame after the other (K·(T + 1) forwards), each on the
   previous draft's committed K/V: the output equals plain NFD (`NfdRollout.generate`) exactly.
   No compute is saved; it only computes frames ahead of the actions (latency hiding), and is the
@@ -87,13 +89,14 @@ class SpeculativeRollout:
         return lat_1CFHW
 
     def finish(self) -> None:
-        """Discard drafts nobody asked for, so the cache holds exactly the frames handed out."""
+        """Discard drafts nobody asked for, so the cache (with the rollout's pending frames, under
+        fuse_commit) holds exactly the frames handed out."""
         if self._buffer:
             self._discard()
 
     def _discard(self) -> None:
         n = len(self._buffer)
-        self.rollout.cache.rollback(n)
+        self.rollout.rollback(n)  # pending drafts (fuse_commit) are dropped before any cache frame
         self.rollout.cache.release()
         self.stats.discarded += n
         self._buffer = []

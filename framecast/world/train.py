@@ -13,8 +13,9 @@ Recipe (shared/methods/world.md):
   unconditional branch of classifier-free guidance.
 - Play models (`play=True`): action adaLN, the prompt always empty, trained as NFD runs them —
   each frame denoised on its clean (σc-noised) past, block-causal, with the clip laid out twice
-  (teacher forcing, `causal_training.py`). `distill_from` turns the run into few-step
-  distillation of that teacher onto the sampler's grid (cfg.sampler.steps, euler-wan).
+  (teacher forcing, `causal_training.py`); `draft_prob` lays a share of the clips out as
+  speculation's joint drafts. `distill_from` turns the run into few-step distillation of that
+  teacher onto the sampler's grid (cfg.sampler.steps, euler-wan).
 - Learning rate: linear warm-up, then cosine decay to lr·lr_final at the last step.
 
 Determinism: the model init, the data and every step's noise derive from `seed` alone — the
@@ -70,6 +71,7 @@ class TrainOptions:
     action_init_std: float = 0.0  # play: > 0 draws the action table from N(0, this) after init_from (the
                                   # model's zero init leaves actions ~20x weaker than time in short runs)
     fg_weight: float = 0.0        # play: extra loss weight near the previous frame's objects (causal_training)
+    draft_prob: float = 0.0       # play: share of clips with a joint draft (speculation's layout, causal_training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,9 +152,10 @@ def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOp
         tokens, actions = empty_tokens.expand(b, -1).to(device), batch["actions"].to(device)
         if teacher is not None:
             return distill_loss(nets, teacher, x0.to(device), actions, tokens, grid, gen,
-                                opt.context_sigma_max, opt.substeps, opt.fg_weight)
+                                opt.context_sigma_max, opt.substeps, opt.fg_weight, opt.draft_prob)
         sigma_BF = sample_sigmas(gen, b, f, opt).to(device)
-        return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max, opt.fg_weight)
+        return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max, opt.fg_weight,
+                         opt.draft_prob)
     sigma_BF = sample_sigmas(gen, b, f, opt)
     noise = torch.randn(x0.shape, generator=gen)
     drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
@@ -205,8 +208,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     opt = options or TrainOptions()
     if opt.play and cfg.model.num_actions < 1:
         raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
-    if (opt.action_init_std > 0 or opt.fg_weight > 0) and not opt.play:
-        raise ValueError("--action-init-std and --fg-weight are for play models; add --play")
+    if (opt.action_init_std > 0 or opt.fg_weight > 0 or opt.draft_prob > 0) and not opt.play:
+        raise ValueError("--action-init-std, --fg-weight and --draft-prob are for play models; add --play")
     if opt.distill_from and not opt.play:
         raise ValueError("distillation (distill_from) is for play models; add --play")
     if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
@@ -359,6 +362,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of clips trained on the empty prompt (for CFG)")
     parser.add_argument("--uniform-prob", type=float, default=d.uniform_prob,
                         help="fraction of clips with one noise level for all frames (else one per frame)")
+    parser.add_argument("--logit-mean", type=float, default=d.logit_mean,
+                        help="noise levels sigmoid(N(mean, std)): > 0 trains high noise levels more")
+    parser.add_argument("--logit-std", type=float, default=d.logit_std, help="see --logit-mean")
     parser.add_argument("--sigma-uniform", type=float, default=d.sigma_uniform,
                         help="share of noise levels drawn uniformly on [0, 1] instead of logit-normal")
     parser.add_argument("--init-from", default=d.init_from, metavar="WEIGHTS",
@@ -368,6 +374,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="play: draw the action table from N(0, this) after --init-from (0 = keep)")
     parser.add_argument("--fg-weight", type=float, default=d.fg_weight,
                         help="play: extra loss weight near the previous frame's objects (0 = plain MSE)")
+    parser.add_argument("--draft-prob", type=float, default=d.draft_prob,
+                        help="play: share of clips trained as a joint speculative draft (0 = none)")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
@@ -383,10 +391,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.logit_std <= 0:
+        raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform"):
+    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
@@ -395,7 +405,8 @@ def run_train(args: argparse.Namespace) -> int:
                        lr_final=args.lr_final, save_every=args.save_every, play=args.play,
                        context_sigma_max=args.context_sigma_max, distill_from=args.distill_from,
                        substeps=args.substeps, sigma_uniform=args.sigma_uniform, init_from=args.init_from,
-                       action_init_std=args.action_init_std, fg_weight=args.fg_weight)
+                       action_init_std=args.action_init_std, fg_weight=args.fg_weight,
+                       draft_prob=args.draft_prob, logit_mean=args.logit_mean, logit_std=args.logit_std)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
