@@ -197,20 +197,21 @@ class NfdRollout:
         if self.fuse_commit:
             self.pending += [(lat_1CFHW[:, :, i:i + 1], int(a)) for i, a in enumerate(actions)]
             return
-        t_F = torch.full((n,), self.context_sigma * self.num_train_timesteps, device=lat_1CFHW.device)
-        hook = self.cache.writer()
-        self._predict(lat_1CFHW, t_F, actions, hook)
-        self.cache.commit(hook, frames=n)
+        self._commit_pass(lat_1CFHW, actions)
 
     def flush(self) -> None:
         """Commit the pending frames now, in a pass of their own (fuse_commit; else nothing to do)."""
         if self.pending:
-            lat = torch.cat([p for p, _ in self.pending], dim=2)
-            t_F = torch.full((lat.shape[2],), self.context_sigma * self.num_train_timesteps, device=lat.device)
-            hook = self.cache.writer()
-            self._predict(lat, t_F, [a for _, a in self.pending], hook)
-            self.cache.commit(hook, frames=lat.shape[2])
+            self._commit_pass(torch.cat([p for p, _ in self.pending], dim=2), [a for _, a in self.pending])
             self.pending = []
+
+    def _commit_pass(self, ctx_1CFHW: torch.Tensor, actions: Sequence[int]) -> None:
+        """One pass over frames already at the context level, recording their K/V into the cache."""
+        n = ctx_1CFHW.shape[2]
+        t_F = torch.full((n,), self.context_sigma * self.num_train_timesteps, device=ctx_1CFHW.device)
+        hook = self.cache.writer()
+        self._predict(ctx_1CFHW, t_F, actions, hook)
+        self.cache.commit(hook, frames=n)
 
     def rollback(self, n: int) -> None:
         """Discard the newest n frames: pending ones first (never committed), then the cache's."""
