@@ -75,6 +75,7 @@ class ScheduleConfig:
     name: str = "full"  # full (whole clip at one noise level) | dualparal (staggered blocks) | nfd (frame by frame)
     block_frames: int = 8  # DualParal N: latent frames per block
     context_frames: int = 4  # DualParal C: latent frames of the older neighbour as left context
+    lead_frames: int = 0  # full: denoise the first L latent frames first, then the rest with them as clean context
     window: int = 32  # NFD: committed frames a new frame attends to (the KV cache window; NFD: 32)
     context_sigma: float = 0.0  # NFD: noise level in [0, 1) of committed frames against drift (0 = clean)
     speculate: int = 1  # NFD: draft K frames under the current action, keep those the actions confirm (1 = off)
@@ -128,7 +129,8 @@ MINIMUM = {
     "text.max_length": 1, "vae.temporal_stride": 1, "vae.spatial_stride": 1,
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
-    "schedule.block_frames": 1, "schedule.context_frames": 0, "schedule.window": 1, "schedule.context_sigma": 0.0,
+    "schedule.block_frames": 1, "schedule.context_frames": 0, "schedule.lead_frames": 0, "schedule.window": 1,
+    "schedule.context_sigma": 0.0,
     "schedule.speculate": 1, "parallel.workers": 1, "seed": 0,
 }
 

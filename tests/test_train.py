@@ -67,6 +67,26 @@ def test_sigmas_per_frame_or_per_clip():
     assert not (sample_sigmas(g, 16, 8, TrainOptions(uniform_prob=0.0)) == s[:16, :1]).all()
 
 
+def test_prefix_clips_have_clean_context_then_one_level():
+    opt = TrainOptions(uniform_prob=0.0, prefix_prob=0.5, context_sigma_max=0.1)
+    s = sample_sigmas(torch.Generator().manual_seed(0), 256, 8, opt)
+    plain = sample_sigmas(torch.Generator().manual_seed(0), 256, 8, TrainOptions(uniform_prob=0.0))
+    prefixed = ~(s == plain).all(dim=1)  # the option draws after the plain levels and replaces whole clips
+    assert 90 < prefixed.sum() < 170  # about half the clips
+    ks = set()
+    for row, ref in zip(s[prefixed], plain[prefixed]):
+        k = int((row == row[0]).int().cumprod(0).sum())  # the clean run at the start
+        assert 1 <= k <= 4 and row[0] <= 0.1
+        assert (row[k:] == ref[k]).all()  # the rest share the level frame k was drawn at
+        ks.add(k)
+    assert ks == {1, 2, 3, 4}
+
+
+def test_prefix_prob_is_refused_for_play(tmp_path):
+    with pytest.raises(ValueError, match="--prefix-prob"):
+        train(load_config("tiny-play", SMALL), steps=1, batch=1, frames=2, seed=0, out=tmp_path,
+              options=TrainOptions(play=True, prefix_prob=0.5), progress=False)
+
 def test_play_model_is_block_causal():
     from framecast.world.causal_training import predict_on_context
     from framecast.world.train import build

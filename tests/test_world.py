@@ -100,6 +100,25 @@ def test_render_prompt_clip_satisfies_the_prompt():
     assert _colours_in(clip.frames[3]) == {"green", "magenta"}
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_starts_come_from_the_lattice_and_cover_it(size):
+    from framecast.world.scenes import place_track, start_lattice
+
+    rows, cols = start_lattice("right", size)
+    s = size // 32
+    assert (rows.start, rows.stop - 1, rows.step) == (3 * s, 28 * s, s)   # any row inside the walls
+    assert (cols.start, cols.stop - 1) == (3 * s, 28 * s - 4 * s)           # MIN_RUN steps from the right wall
+    assert start_lattice("up", size)[0].start == 3 * s + 4 * s
+    seen = set()
+    for seed in range(2000):
+        obj = render_prompt_clip("a red circle moving right", 3, seed=seed, size=size).objects[0]
+        y, x = obj.positions[0]
+        assert y in rows and x in cols
+        seen.add((y, x))
+        placed = place_track(ObjectSpec("red", "circle", "right"), (y, x), 3, size)
+        assert np.array_equal(placed.positions, obj.positions)
+    assert len(seen) > 0.9 * len(rows) * len(cols)
+
 def test_shape_footprints():
     for r in (3, 6):
         fills = {s: shape_mask(s, r).mean() for s in SHAPES}

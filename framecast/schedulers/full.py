@@ -1,5 +1,15 @@
 """The `full` schedule: the whole clip at one noise level, every step over all frames (what
-diffusers' WanPipeline does). Its plan is just the sampler's timesteps."""
+diffusers' WanPipeline does). Its plan is just the sampler's timesteps.
+
+With `lead_frames` = L > 0 (schedule.lead_frames) it runs in two passes of the sampler, as a
+diffusion-forcing model allows (one noise level per latent frame):
+1. the first L latent frames are denoised while the others stay pure noise (at the sampler's
+   first timestep, where the initial latents are);
+2. the other frames are denoised with the first L given clean (timestep 0) as context.
+The motion then starts from a fixed first frame, where the caption's direction says exactly
+where the object goes next (bench/text_sensitivity.py --clean-frames 1), instead of being
+decided while every frame is still noise. Twice the model calls of L = 0.
+"""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -7,12 +17,35 @@ from typing import Callable, Optional
 import torch
 
 
-def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, sampler,
-                 on_step: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """Run `sampler`'s timesteps over the whole clip; `denoise(lat, t) -> velocity`."""
+def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable,
+                 on_step: Optional[Callable[[int], None]] = None, lead_frames: int = 0) -> torch.Tensor:
+    """Run a fresh `make_sampler()`'s timesteps over the clip; `denoise(lat, t) -> velocity`, `t` a
+    scalar or one timestep per latent frame [F]. on_step(i) after each of the steps (i counts on
+    through both passes when `lead_frames` splits the clip)."""
+    f = lat_1CFHW.shape[2]
+    if not 0 < lead_frames < f:
+        sampler = make_sampler()
+        for i, t in enumerate(sampler.timesteps):
+            lat_1CFHW = sampler.step(denoise(lat_1CFHW, t), t, lat_1CFHW)
+            if on_step is not None:
+                on_step(i)
+        return lat_1CFHW
+    lead = torch.arange(f) < lead_frames                      # (F,) the frames denoised first
+    sampler = make_sampler()
+    lat_1CFHW = _denoise_part(denoise, lat_1CFHW, sampler, lead, sampler.timesteps[0], on_step, 0)
+    return _denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps))
+
+
+def _denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
+                  on_step: Optional[Callable[[int], None]], first: int) -> torch.Tensor:
+    """Step the frames in `moving_F` through the sampler; the others stay as they are, seen by the
+    model at timestep `held_t`."""
+    keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
     for i, t in enumerate(sampler.timesteps):
-        velocity = denoise(lat_1CFHW, t)
-        lat_1CFHW = sampler.step(velocity, t, lat_1CFHW)
+        t_F = torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32),
+                          torch.as_tensor(held_t, dtype=torch.float32))
+        stepped = sampler.step(denoise(lat_1CFHW, t_F), t, lat_1CFHW)
+        lat_1CFHW = torch.where(keep, lat_1CFHW, stepped)
         if on_step is not None:
-            on_step(i)
+            on_step(first + i)
     return lat_1CFHW

@@ -122,20 +122,30 @@ def _bounce(start: np.ndarray, velocity: np.ndarray, frames: int, lo: int, hi: i
     return positions, velocities
 
 
-def _track(rng: np.random.Generator, spec: ObjectSpec, frames: int, size: int) -> ObjectTrack:
-    radius, speed, lo, hi = _bounds(size)
+def start_lattice(direction: str, size: int = 32) -> tuple[range, range]:
+    """The centre rows and columns (px) a shape moving `direction` may start on: the speed's
+    lattice inside the walls, at least MIN_RUN steps from the wall it moves towards."""
+    _, speed, lo, hi = _bounds(size)
     steps = (hi - lo) // speed
+    lattice = []
+    for v in DIRECTION_VECTORS[direction]:
+        k_lo, k_hi = (MIN_RUN if v < 0 else 0), (steps - MIN_RUN if v > 0 else steps)
+        lattice.append(range(lo + speed * k_lo, lo + speed * k_hi + 1, speed))
+    return lattice[0], lattice[1]
+
+
+def place_track(spec: ObjectSpec, start: tuple[int, int], frames: int, size: int = 32) -> ObjectTrack:
+    """The track of `spec` from centre `start` (y, x), a point of `start_lattice`."""
+    radius, speed, lo, hi = _bounds(size)
     vel = np.array(DIRECTION_VECTORS[spec.direction]) * speed
-    start = np.empty(2, dtype=np.int64)
-    for axis in range(2):
-        k_lo, k_hi = 0, steps
-        if vel[axis] > 0:
-            k_hi = steps - MIN_RUN
-        elif vel[axis] < 0:
-            k_lo = MIN_RUN
-        start[axis] = lo + speed * int(rng.integers(k_lo, k_hi + 1))
-    positions, velocities = _bounce(start, vel, frames, lo, hi)
+    positions, velocities = _bounce(np.array(start, dtype=np.int64), vel, frames, lo, hi)
     return ObjectTrack(spec.colour, spec.shape, spec.direction, radius, positions, velocities)
+
+
+def _track(rng: np.random.Generator, spec: ObjectSpec, frames: int, size: int) -> ObjectTrack:
+    rows, cols = start_lattice(spec.direction, size)
+    start = tuple(axis[int(rng.integers(len(axis)))] for axis in (rows, cols))
+    return place_track(spec, start, frames, size)
 
 
 def _draw(frames: np.ndarray, track: ObjectTrack) -> None:
@@ -145,7 +155,7 @@ def _draw(frames: np.ndarray, track: ObjectTrack) -> None:
         frames[f, y - r:y + r + 1, x - r:x + r + 1][mask] = rgb
 
 
-def _render(tracks: list[ObjectTrack], frames: int, size: int) -> np.ndarray:
+def render_tracks(tracks: list[ObjectTrack], frames: int, size: int) -> np.ndarray:
     video = np.zeros((frames, size, size, 3), dtype=np.uint8)  # (F, H, W, 3)
     for t in tracks:  # later objects are drawn over earlier ones where they cross
         _draw(video, t)
@@ -169,7 +179,7 @@ def sample_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32) -> Clip:
     rng = as_rng(rng_or_seed)
     specs = _random_specs(rng, int(rng.integers(1, MAX_OBJECTS + 1)))
     tracks = [_track(rng, s, frames, size) for s in specs]
-    return Clip(_render(tracks, frames, size), caption(specs), tracks)
+    return Clip(render_tracks(tracks, frames, size), caption(specs), tracks)
 
 
 def render_prompt_clip(prompt: str, frames: int, seed: RngOrSeed, size: int = 32) -> Clip:
@@ -179,7 +189,7 @@ def render_prompt_clip(prompt: str, frames: int, seed: RngOrSeed, size: int = 32
     specs = parse_prompt(prompt)
     rng = as_rng(seed)
     tracks = [_track(rng, s, frames, size) for s in specs]
-    return Clip(_render(tracks, frames, size), caption(specs), tracks)
+    return Clip(render_tracks(tracks, frames, size), caption(specs), tracks)
 
 
 def random_actions(rng: np.random.Generator, frames: int, repeat_prob: float = 0.8) -> list[str]:
@@ -213,7 +223,7 @@ def sample_play_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32, repeat
     for f in range(1, frames):
         player[f] = np.clip(player[f - 1] + np.array(ACTION_VECTORS[actions[f]]) * step, 0, size - side)
 
-    video = _render(tracks, frames, size)
+    video = render_tracks(tracks, frames, size)
     for f, (y, x) in enumerate(player):  # drawn last: the player is never hidden
         video[f, y:y + side, x:x + side] = PLAYER_RGB
     return PlayClip(video, actions, player, side, tracks)

@@ -72,6 +72,10 @@ class TrainOptions:
                                   # model's zero init leaves actions ~20x weaker than time in short runs)
     fg_weight: float = 0.0        # play: extra loss weight near the previous frame's objects (causal_training)
     draft_prob: float = 0.0       # play: share of clips with a joint draft (speculation's layout, causal_training)
+    prefix_prob: float = 0.0      # text: share of clips whose first 1..F/2 frames are nearly clean context
+                                  # (σ ~ U[0, context_sigma_max]) and the rest share one σ (what
+                                  # schedule.lead_frames samples); there the direction word says where the
+                                  # object goes next
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +130,14 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> to
         pick_BF = torch.where(shared_B[:, None], pick_BF[:, :1].expand(-1, f), pick_BF)
         flat_BF = torch.where(shared_B[:, None], flat_BF[:, :1].expand(-1, f), flat_BF)
         sigma_BF = torch.where(pick_BF, flat_BF, sigma_BF)
+    if opt.prefix_prob > 0:  # draws only when used, as above
+        prefix_B = torch.rand(b, generator=gen) < opt.prefix_prob
+        k_B = torch.randint(1, max(2, f // 2 + 1), (b,), generator=gen)
+        context_B = torch.rand(b, generator=gen) * opt.context_sigma_max
+        frame_F = torch.arange(f)
+        rest_B = sigma_BF.gather(1, k_B.clamp(max=f - 1)[:, None])[:, 0]  # the rest share frame k's σ
+        prefixed_BF = torch.where(frame_F[None] < k_B[:, None], context_B[:, None], rest_B[:, None])
+        sigma_BF = torch.where(prefix_B[:, None] & (f > 1), prefixed_BF, sigma_BF)
     return sigma_BF
 
 
@@ -210,6 +222,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
         raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
     if (opt.action_init_std > 0 or opt.fg_weight > 0 or opt.draft_prob > 0) and not opt.play:
         raise ValueError("--action-init-std, --fg-weight and --draft-prob are for play models; add --play")
+    if opt.prefix_prob > 0 and opt.play:
+        raise ValueError("--prefix-prob is for the text model (play models always see clean context); drop --play")
     if opt.distill_from and not opt.play:
         raise ValueError("distillation (distill_from) is for play models; add --play")
     if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
@@ -376,10 +390,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="play: extra loss weight near the previous frame's objects (0 = plain MSE)")
     parser.add_argument("--draft-prob", type=float, default=d.draft_prob,
                         help="play: share of clips trained as a joint speculative draft (0 = none)")
+    parser.add_argument("--prefix-prob", type=float, default=d.prefix_prob,
+                        help="text: share of clips with their first frames nearly clean (σ <= --context-sigma-max) "
+                             "and the rest at one σ (0 = none)")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
-                        help="play: context frames noised at a level drawn from [0, this]")
+                        help="context frames (play; text with --prefix-prob) noised at a level drawn from [0, this]")
     parser.add_argument("--distill-from", default=d.distill_from, metavar="WEIGHTS",
                         help="play: distil this teacher (train --out folder or builtin:NAME) into a "
                              "few-step student on the preset's sampler grid")
@@ -396,7 +413,8 @@ def run_train(args: argparse.Namespace) -> int:
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob"):
+    for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob",
+                 "prefix_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
@@ -406,7 +424,8 @@ def run_train(args: argparse.Namespace) -> int:
                        context_sigma_max=args.context_sigma_max, distill_from=args.distill_from,
                        substeps=args.substeps, sigma_uniform=args.sigma_uniform, init_from=args.init_from,
                        action_init_std=args.action_init_std, fg_weight=args.fg_weight,
-                       draft_prob=args.draft_prob, logit_mean=args.logit_mean, logit_std=args.logit_std)
+                       draft_prob=args.draft_prob, prefix_prob=args.prefix_prob, logit_mean=args.logit_mean,
+                       logit_std=args.logit_std)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
