@@ -181,13 +181,13 @@ class Engine:
             session.close()
 
     def _full(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
-        from framecast.schedulers.full import denoise_full
+        from framecast.schedulers.full import denoise_full, passes
 
         denoise = self.denoiser(req.prompt, req.negative_prompt)
         lat = self.initial_latents(req).to(self.device)
         lead = self.cfg.schedule.lead_frames
-        passes = 2 if 0 < lead < lat.shape[2] else 1
-        with tqdm(total=passes * self.cfg.sampler.steps, desc="denoise", unit="step", disable=not progress) as bar:
+        total = passes(lat.shape[2], lead) * self.cfg.sampler.steps
+        with tqdm(total=total, desc="denoise", unit="step", disable=not progress) as bar:
             lat = denoise_full(denoise, lat, self.make_sampler, on_step=lambda i: bar.update(), lead_frames=lead)
         for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
             yield lat[:, :, f:f + 1]

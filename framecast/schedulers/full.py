@@ -17,13 +17,19 @@ from typing import Callable, Optional
 import torch
 
 
+def passes(frames: int, lead_frames: int) -> int:
+    """Sampler runs the full schedule makes over `frames` latent frames: 2 when `lead_frames`
+    splits them, else 1."""
+    return 2 if 0 < lead_frames < frames else 1
+
+
 def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable,
                  on_step: Optional[Callable[[int], None]] = None, lead_frames: int = 0) -> torch.Tensor:
     """Run a fresh `make_sampler()`'s timesteps over the clip; `denoise(lat, t) -> velocity`, `t` a
     scalar or one timestep per latent frame [F]. on_step(i) after each of the steps (i counts on
     through both passes when `lead_frames` splits the clip)."""
     f = lat_1CFHW.shape[2]
-    if not 0 < lead_frames < f:
+    if passes(f, lead_frames) == 1:
         sampler = make_sampler()
         for i, t in enumerate(sampler.timesteps):
             lat_1CFHW = sampler.step(denoise(lat_1CFHW, t), t, lat_1CFHW)

@@ -131,12 +131,13 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> to
         flat_BF = torch.where(shared_B[:, None], flat_BF[:, :1].expand(-1, f), flat_BF)
         sigma_BF = torch.where(pick_BF, flat_BF, sigma_BF)
     if opt.prefix_prob > 0:  # draws only when used, as above
+        from framecast.world.causal_training import share_in_draft
+
         prefix_B = torch.rand(b, generator=gen) < opt.prefix_prob
         k_B = torch.randint(1, max(2, f // 2 + 1), (b,), generator=gen)
         context_B = torch.rand(b, generator=gen) * opt.context_sigma_max
-        frame_F = torch.arange(f)
-        rest_B = sigma_BF.gather(1, k_B.clamp(max=f - 1)[:, None])[:, 0]  # the rest share frame k's σ
-        prefixed_BF = torch.where(frame_F[None] < k_B[:, None], context_B[:, None], rest_B[:, None])
+        rest_BF = share_in_draft(sigma_BF, k_B)  # frames k.. share frame k's σ, as a joint draft's do
+        prefixed_BF = torch.where(torch.arange(f)[None] < k_B[:, None], context_B[:, None], rest_BF)
         sigma_BF = torch.where(prefix_B[:, None] & (f > 1), prefixed_BF, sigma_BF)
     return sigma_BF
 
