@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--schedule", default="full", choices=("full", "dualparal"))
+    ap.add_argument("--schedule", default="full", choices=("full", "dualparal", "rollout"))
     ap.add_argument("--out", default="bench/results/generate.json")
     ap.add_argument("extra", nargs="*", help="config overrides passed to framecast generate")
     args = ap.parse_args()

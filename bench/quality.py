@@ -1,8 +1,10 @@
 """World metrics of generated videos, per schedule and length.
 
-    python bench/quality.py [--weights builtin:tiny] [--seconds 4 60] [--prompts ...] [--seed 0]
+    python bench/quality.py [--weights builtin:tiny] [--seconds 4 60] [--schedules full dualparal rollout]
+                            [--prompts ...] [--seeds 0 1 ...] [KEY=VALUE ...]
 
-Generates with the tiny preset (full schedule for short videos; DualParal for all lengths), scores
+Generates with the tiny preset (the full schedule for short videos only: it attends over every
+frame at once; DualParal and rollout for all lengths), scores
 every video with `framecast.world.metrics.evaluate_video` against its prompt, prints a table of
 means over prompts and writes bench/results/quality.json. Random weights (`--weights ""`) give
 the floor. Not a test.
@@ -19,7 +21,7 @@ import numpy as np
 
 PROMPTS = ["a red circle moving right", "a blue square moving down", "a green triangle moving left",
            "a yellow circle moving up and a cyan square moving right"]
-KEYS = ("adherence", "presence", "count_stability", "colour_identity", "max_jump")
+KEYS = ("adherence", "direction", "presence", "count_stability", "colour_identity", "max_jump")
 
 
 def run(weights: str, schedule: str, seconds: float, prompt: str, seed: int, extra: list[str]) -> dict:
@@ -31,7 +33,10 @@ def run(weights: str, schedule: str, seconds: float, prompt: str, seed: int, ext
     frames = np.stack(list(engine.stream(prompt, seconds=seconds, seed=seed)))
     wall = time.perf_counter() - start
     metrics = evaluate_video(frames, prompt=prompt)
-    return {"wall_s": wall, "frames": len(frames), **{k: metrics.get(k) for k in KEYS}}
+    directions = [v for k, v in metrics.items() if k.endswith(".direction")]  # one per named object
+    metrics["direction"] = statistics.mean(directions) if directions else None
+    return {"wall_s": wall, "frames": len(frames), "prompt": prompt, "seed": seed,
+            **{k: metrics.get(k) for k in KEYS}}
 
 
 def main() -> None:
@@ -39,29 +44,34 @@ def main() -> None:
     ap.add_argument("--weights", default="builtin:tiny")
     ap.add_argument("--seconds", type=float, nargs="+", default=[4, 60])
     ap.add_argument("--full-max-seconds", type=float, default=8, help="longest full-schedule video")
+    ap.add_argument("--schedules", nargs="+", default=["full", "dualparal", "rollout"],
+                    choices=("full", "dualparal", "rollout"))
     ap.add_argument("--prompts", nargs="+", default=PROMPTS)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one video per prompt and seed")
     ap.add_argument("--out", default="bench/results/quality.json")
     ap.add_argument("extra", nargs="*", help="config overrides")
     args = ap.parse_args()
     rows = []
-    for schedule in ("full", "dualparal"):
+    for schedule in args.schedules:
         for seconds in args.seconds:
             if schedule == "full" and seconds > args.full_max_seconds:
                 continue
-            runs = [run(args.weights, schedule, seconds, p, args.seed, args.extra) for p in args.prompts]
+            runs = [run(args.weights, schedule, seconds, p, seed, args.extra)
+                    for seed in args.seeds for p in args.prompts]
             row = {"schedule": schedule, "seconds": seconds, "runs": runs}
             for k in KEYS + ("wall_s",):
                 vals = [r[k] for r in runs if r.get(k) is not None]
                 row[k] = statistics.mean(vals) if vals else None
             rows.append(row)
-    print(f"world metrics, weights {args.weights or 'random'}, mean over {len(args.prompts)} prompts, seed {args.seed}")
+    print(f"world metrics, weights {args.weights or 'random'}, mean over {len(args.prompts)} prompts "
+          f"x seeds {' '.join(map(str, args.seeds))}")
     print(f"{'schedule':>10} {'seconds':>8} " + " ".join(f"{k:>15}" for k in KEYS) + f" {'wall s':>8}")
     for r in rows:
         cells = " ".join(f"{r[k]:>15.3f}" if r[k] is not None else f"{'-':>15}" for k in KEYS)
         print(f"{r['schedule']:>10} {r['seconds']:>8g} {cells} {r['wall_s']:>8.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"weights": args.weights, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"weights": args.weights, "seeds": args.seeds, "extra": args.extra,
+                                          "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -73,9 +73,13 @@ class VideoConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "full"  # full (whole clip at one noise level) | dualparal (staggered blocks) | nfd (frame by frame)
+    #                     | rollout (chunk after chunk, each from the finished frames before it)
     block_frames: int = 8  # DualParal N: latent frames per block
     context_frames: int = 4  # DualParal C: latent frames of the older neighbour as left context
+    chunk_frames: int = 4  # rollout: latent frames made per chunk
+    chunk_context: int = 4  # rollout: finished latent frames before a chunk it is given clean
     lead_frames: int = 0  # full: denoise the first L latent frames first, then the rest with them as clean context
+    #                       (rollout: the first chunk is the first L frames)
     window: int = 32  # NFD: committed frames a new frame attends to (the KV cache window; NFD: 32)
     context_sigma: float = 0.0  # NFD: noise level in [0, 1) of committed frames against drift (0 = clean)
     speculate: int = 1  # NFD: draft K frames under the current action, keep those the actions confirm (1 = off)
@@ -115,7 +119,7 @@ CHOICES = {
     "text.kind": ("umt5", "builtin"),
     "vae.kind": ("wan", "identity"),
     "sampler.name": ("unipc", "euler", "euler-wan"),
-    "schedule.name": ("full", "dualparal", "nfd"),
+    "schedule.name": ("full", "dualparal", "nfd", "rollout"),
     "schedule.draft_mode": ("joint", "sequential"),
     "schedule.first_frame": ("generate", "world"),
     "parallel.launcher": ("local", "torchrun", "ray"),
@@ -130,6 +134,7 @@ MINIMUM = {
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
     "schedule.block_frames": 1, "schedule.context_frames": 0, "schedule.lead_frames": 0, "schedule.window": 1,
+    "schedule.chunk_frames": 1, "schedule.chunk_context": 0,
     "schedule.context_sigma": 0.0,
     "schedule.speculate": 1, "parallel.workers": 1, "seed": 0,
 }

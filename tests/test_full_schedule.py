@@ -69,10 +69,10 @@ def test_engine_generates_with_lead_frames(tmp_path):
     from framecast import Engine
     from framecast.engine.video_io import read_video
 
-    overrides = ["model.weights=", "sampler.steps=2", "schedule.lead_frames=1"]
-    a = Engine.from_preset("tiny", overrides).generate("a red circle moving right", frames=6, seed=3,
-                                                       out=f"{tmp_path}/a/")
-    b = Engine.from_preset("tiny", overrides[:2]).generate("a red circle moving right", frames=6, seed=3,
-                                                           out=f"{tmp_path}/b/")
+    overrides = ["model.weights=", "sampler.steps=2", "schedule.name=full"]
+    a = Engine.from_preset("tiny", overrides + ["schedule.lead_frames=1"]).generate(
+        "a red circle moving right", frames=6, seed=3, out=f"{tmp_path}/a/")
+    b = Engine.from_preset("tiny", overrides + ["schedule.lead_frames=0"]).generate(
+        "a red circle moving right", frames=6, seed=3, out=f"{tmp_path}/b/")
     va, vb = read_video(a), read_video(b)
     assert va.shape == vb.shape == (6, 32, 32, 3) and not np.array_equal(va, vb)

@@ -355,7 +355,7 @@ def test_engine_streams_nfd_with_actions():
         text.stream("a red circle moving right", frames=2, actions=["none", "up"])
 
 
-@pytest.mark.parametrize("schedule", ["full", "dualparal", "nfd"])
+@pytest.mark.parametrize("schedule", ["full", "dualparal", "nfd", "rollout"])
 def test_every_schedule_streams(schedule):
     from framecast.engine.engine import Engine
 

@@ -101,14 +101,14 @@ def test_busy_beyond_the_session_limit_and_release_on_disconnect(app):
 def test_text_to_video_streams_every_schedule(app):
     client = TestClient(app)
     with client.websocket_connect("/ws/generate") as ws:
-        assert ws.receive_json()["schedules"] == ["full", "dualparal"]
+        assert ws.receive_json()["schedules"] == ["rollout", "full", "dualparal"]
         ws.send_json({"type": "generate", "prompt": "a red circle moving right", "frames": 3, "schedule": "whoosh"})
-        assert "schedule 'whoosh' is not served; valid: full, dualparal" in ws.receive_json()["message"]
+        assert "schedule 'whoosh' is not served; valid: rollout, full, dualparal" in ws.receive_json()["message"]
         ws.send_json({"type": "generate", "prompt": "a purple circle moving right", "frames": 3})
         assert "purple" in ws.receive_json()["message"]
         ws.send_json({"type": "generate", "prompt": "a red circle", "frames": 0})
         assert "frames" in ws.receive_json()["message"]
-        for schedule in ("full", "dualparal"):
+        for schedule in ("rollout", "full", "dualparal"):
             ws.send_json({"type": "generate", "prompt": "a red circle moving right", "frames": 9, "seed": 1,
                           "schedule": schedule})
             frames = _frames(ws, 9)

@@ -165,6 +165,8 @@ class Engine:
         name = self.cfg.schedule.name
         if name == "full":
             yield from self._full(req, progress)
+        elif name == "rollout":
+            yield from self._rollout(req, progress)
         else:
             from framecast.launch.executors import run_schedule
 
@@ -191,6 +193,19 @@ class Engine:
             lat = denoise_full(denoise, lat, self.make_sampler, on_step=lambda i: bar.update(), lead_frames=lead)
         for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
             yield lat[:, :, f:f + 1]
+
+    def _rollout(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
+        from framecast.schedulers.rollout import chunks, rollout
+
+        s = self.cfg.schedule
+        denoise = self.denoiser(req.prompt, req.negative_prompt)
+        lat = self.initial_latents(req).to(self.device)
+        total = len(chunks(lat.shape[2], s.chunk_frames, s.lead_frames)) * self.cfg.sampler.steps
+        with tqdm(total=total, desc="denoise", unit="step", disable=not progress) as bar:
+            for done in rollout(denoise, lat, self.make_sampler, s.chunk_frames, s.chunk_context,
+                                on_step=lambda i: bar.update(), lead_frames=s.lead_frames):
+                for f in range(done.shape[2]):  # each chunk leaves as soon as it is finished
+                    yield done[:, :, f:f + 1]
 
     # --------------------------------------------------------------------------------- generate
     def generate(self, prompt, *, out: str | os.PathLike, frames: Optional[int] = None,

@@ -31,9 +31,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
     p.add_argument("--negative-prompt", default=None, help="prompt for the unconditional CFG branch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--schedule", choices=("full", "dualparal", "nfd"), default=None,
+    p.add_argument("--schedule", choices=("full", "dualparal", "nfd", "rollout"), default=None,
                    help="full: whole clip at one noise level; dualparal: staggered frame blocks; "
-                        "nfd: frame by frame on a KV cache (action models: see `framecast play`)")
+                        "nfd: frame by frame on a KV cache (action models: see `framecast play`); "
+                        "rollout: chunk after chunk, each from the finished frames before it")
     p.add_argument("--workers", type=int, default=None, help="DualParal pipeline stages W (layer shards)")
     p.add_argument("--launcher", choices=("local", "torchrun", "ray"), default=None,
                    help="how DualParal workers run (local needs --workers 1)")

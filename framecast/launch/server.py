@@ -13,8 +13,8 @@ Routes (Starlette on uvicorn):
                      one binary message [uint32 frame index | uint8 action id | 3 zero bytes | PNG],
                      and {"type": "stats", ...} every `fps` frames.
   WS   /ws/generate  text-to-video: client sends {"type": "generate", "prompt": "...", "frames": N |
-                     "seconds": S, "seed": S, "schedule": "full" | "dualparal"}; the server streams
-                     the same binary frames (action id 0) and then {"type": "done", ...}.
+                     "seconds": S, "seed": S, "schedule": "rollout" (default) | "full" | "dualparal"};
+                     the server streams the same binary frames (action id 0), then {"type": "done", ...}.
 
 A bounded number of sessions (play and generate together) run at once; one more connection is
 accepted, told {"type": "busy", "message": ...} and closed with code 1013 (try again later). A
@@ -40,7 +40,7 @@ import numpy as np
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked otherwise
 BUSY_CODE = 1013  # WebSocket "try again later"
-TEXT_SCHEDULES = ("full", "dualparal")
+TEXT_SCHEDULES = ("rollout", "full", "dualparal")  # the first is the default
 MAX_GENERATE_FRAMES = 2048  # one request's frame cap on the server (a minute at 32 fps)
 
 
@@ -251,7 +251,7 @@ async def generate_socket(ws) -> None:
 
 def _start_generate(state: ServerState, msg: dict):
     """Validate a generate request (one-line errors) and return (engine, frame iterator)."""
-    schedule = msg.get("schedule", "full")
+    schedule = msg.get("schedule", TEXT_SCHEDULES[0])
     if schedule not in TEXT_SCHEDULES:
         raise ClientError(f"schedule {schedule!r} is not served; valid: {', '.join(TEXT_SCHEDULES)}")
     unknown = sorted(set(msg) - {"type", "prompt", "frames", "seconds", "seed", "schedule"})

@@ -38,11 +38,11 @@ def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Calla
         return lat_1CFHW
     lead = torch.arange(f) < lead_frames                      # (F,) the frames denoised first
     sampler = make_sampler()
-    lat_1CFHW = _denoise_part(denoise, lat_1CFHW, sampler, lead, sampler.timesteps[0], on_step, 0)
-    return _denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps))
+    lat_1CFHW = denoise_part(denoise, lat_1CFHW, sampler, lead, sampler.timesteps[0], on_step, 0)
+    return denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps))
 
 
-def _denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
+def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
                   on_step: Optional[Callable[[int], None]], first: int) -> torch.Tensor:
     """Step the frames in `moving_F` through the sampler; the others stay as they are, seen by the
     model at timestep `held_t`."""

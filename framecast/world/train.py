@@ -210,9 +210,12 @@ def save_weights(nets: nn.Module, path: Path) -> None:
 
 def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str | Path, resume: bool = False,
           device: str = "cpu", log_every: int = 10, options: Optional[TrainOptions] = None,
-          command: str = "", progress: bool = True, max_seconds: Optional[float] = None) -> dict:
+          command: str = "", progress: bool = True, max_seconds: Optional[float] = None,
+          stop_at: Optional[int] = None) -> dict:
     """Train for `steps` steps in total (with `resume`, continue out/state.pt up to `steps`), or
-    until `max_seconds` of training wall time have passed (then saved as a finished run).
+    until `max_seconds` of training wall time have passed (then saved as a finished run), or up
+    to step `stop_at` (saved there; the learning rate follows the schedule of `steps`, so a
+    recorded stage that stopped early reproduces exactly; `resume` can go on to `steps`).
     Batches: `batch` world clips of `frames` frames at cfg.video.height. Returns the metadata
     written to out/weights.json (losses: the loss of every step, in order)."""
     from framecast.world.captions import tokenize
@@ -264,6 +267,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
             raise ValueError(f"--resume: {out / 'state.pt'} was trained with seed={state['seed']} "
                              f"batch={state['batch']} frames={state['frames']}; got seed={seed} "
                              f"batch={batch} frames={frames}")
+    if stop_at is not None and not start < stop_at <= steps:
+        raise ValueError(f"stop_at={stop_at} must lie in ({start}, {steps}]: after the start step and at most steps")
     data = world_batches(seed, batch, frames, size=cfg.video.height, play=opt.play)
     for _ in range(start):  # replay the data stream to where the saved run stopped
         next(data)
@@ -292,10 +297,10 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
             recent = losses[-log_every:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         wall = time.perf_counter() - t0
-        out_of_time = max_seconds is not None and wall >= max_seconds
-        if (step + 1) % opt.save_every == 0 or step + 1 == steps or out_of_time:
+        stop = (max_seconds is not None and wall >= max_seconds) or step + 1 == stop_at
+        if (step + 1) % opt.save_every == 0 or step + 1 == steps or stop:
             save(step + 1)
-        if out_of_time:
+        if stop:
             break
     bar.close()
     steps = len(losses)
@@ -406,6 +411,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop (and save) after this much training wall time, even before --steps")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop (and save) after this step; the learning rate still follows --steps")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -432,7 +439,7 @@ def run_train(args: argparse.Namespace) -> int:
     command = " ".join([prog, shlex.join(sys.argv[1:])])
     meta = train(cfg, args.steps, args.batch, args.frames, args.seed, args.out, resume=args.resume,
                  device=args.device, log_every=args.log_every, options=opt, command=command,
-                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, stop_at=args.stop_at)
     print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s on {meta['device']}; final loss "
           f"{meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
     return 0
