@@ -192,7 +192,8 @@ def test_train_cli_rejects_bad_play_options_before_any_output(tmp_path, capsys):
 
     for argv, message in ((["--play", "--preset", "tiny-play", "--draft-prob", "2"], "--draft-prob must be in [0, 1]"),
                           (["--draft-prob", "0.5"], "are for play models; add --play"),
-                          (["--logit-std", "0"], "--logit-std must be > 0")):
+                          (["--logit-std", "0"], "--logit-std must be > 0"),
+                          (["--stop-at", "2"], "--stop-at must lie in [1, --steps] = [1, 1], got 2")):
         out = tmp_path / "run"
         assert main(["--out", str(out), "--steps", "1", *argv]) == 2
         err = capsys.readouterr().err.strip()

@@ -421,6 +421,8 @@ def run_train(args: argparse.Namespace) -> int:
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        raise ValueError(f"--stop-at must lie in [1, --steps] = [1, {args.steps}], got {args.stop_at}")
     for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob",
                  "prefix_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
