@@ -46,4 +46,4 @@ def rollout(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable, 
         first += len(sampler.timesteps)
         done = window[:, :, context.shape[2]:]
         yield done
-        context = window[:, :, max(0, window.shape[2] - context_frames):] if context_frames else context[:, :, :0]
+        context = window[:, :, max(0, window.shape[2] - context_frames):]  # empty for context_frames = 0
