@@ -43,7 +43,7 @@ def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Calla
 
 
 def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
-                  on_step: Optional[Callable[[int], None]], first: int) -> torch.Tensor:
+                 on_step: Optional[Callable[[int], None]], first: int) -> torch.Tensor:
     """Step the frames in `moving_F` through the sampler; the others stay as they are, seen by the
     model at timestep `held_t`."""
     keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
