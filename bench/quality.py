@@ -6,7 +6,10 @@
 Generates with the tiny preset (the full schedule for short videos only: it attends over every
 frame at once; DualParal and rollout for all lengths), scores
 every video with `framecast.world.metrics.evaluate_video` against its prompt, prints a table of
-means over prompts and writes bench/results/quality.json. Random weights (`--weights ""`) give
+means over prompts and writes bench/results/quality.json. `direction` is the mean over the named
+objects of how often they move the named way; `wall_return` (shapes that reach a wall and move
+off it again within 3 frames: bounces) is averaged over the videos where some shape reached a
+wall, `-` when none did. Random weights (`--weights ""`) give
 the floor. Not a test.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 PROMPTS = ["a red circle moving right", "a blue square moving down", "a green triangle moving left",
            "a yellow circle moving up and a cyan square moving right"]
-KEYS = ("adherence", "direction", "presence", "count_stability", "colour_identity", "max_jump")
+KEYS = ("adherence", "direction", "wall_return", "presence", "count_stability", "colour_identity", "max_jump")
 
 
 def run(weights: str, schedule: str, seconds: float, prompt: str, seed: int, extra: list[str]) -> dict:

@@ -94,6 +94,19 @@ def test_prefix_clips_have_clean_context_then_one_level():
     assert ks == {1, 2, 3, 4}
 
 
+def test_prefix_clips_from_later_in_a_video_keep_at_least_two_clean_frames(tmp_path):
+    opt = TrainOptions(uniform_prob=0.0, prefix_prob=1.0, prefix_max=3, context_sigma_max=0.1, logit_mean=3.0)
+    offsets = torch.tensor([0, 7] * 128)
+    s = sample_sigmas(torch.Generator().manual_seed(0), 256, 6, opt, offsets)
+    k = ((s <= 0.1).int().cumprod(1)).sum(1)  # the nearly clean run at the start (the rest is at σ ≈ 0.95)
+    assert set(k[offsets == 0].tolist()) == {1, 2, 3}  # one frame is enough at a video's start
+    assert set(k[offsets > 0].tolist()) == {2, 3}      # later, two frames show which way a shape goes
+    with pytest.raises(ValueError, match="prefix_max=6 must be below frames=6"):
+        train(small_cfg(), steps=1, batch=2, frames=6, seed=0, out=tmp_path / "out", progress=False,
+              options=TrainOptions(prefix_prob=0.5, prefix_max=6))
+    assert not (tmp_path / "out").exists()
+
+
 def test_prefix_prob_is_refused_for_play(tmp_path):
     with pytest.raises(ValueError, match="--prefix-prob"):
         train(load_config("tiny-play", SMALL), steps=1, batch=1, frames=2, seed=0, out=tmp_path,

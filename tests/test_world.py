@@ -5,8 +5,8 @@ import torch
 
 from framecast.world.captions import ACTIONS, COLOURS, SHAPES, VOCABULARY, ObjectSpec, UnknownWordsError, \
     caption, parse_prompt, tokenize
-from framecast.world.scenes import COLOUR_RGB, DIRECTION_VECTORS, PLAYER_RGB, render_prompt_clip, sample_clip, \
-    sample_play_clip, shape_mask, world_batches
+from framecast.world.scenes import COLOUR_RGB, DIRECTION_VECTORS, PLAYER_RGB, bounce_period, place_track, \
+    render_prompt_clip, sample_clip, sample_play_clip, shape_mask, world_batches
 
 
 def _colours_in(frame):
@@ -36,15 +36,45 @@ def test_world_batches_deterministic_and_shaped(play):
     video = b1["video"]
     assert video.shape == (3, 3, 6, 32, 32) and video.dtype == torch.float32
     assert video.min() >= -1 and video.max() <= 1 and set(video.unique().tolist()) <= {-1.0, 1.0}
+    assert b1["offsets"].shape == (3,) and (b1["offsets"] == 0).all()  # offset_prob 0: every clip from frame 0
     if play:
-        assert set(b1) == {"video", "actions"}
+        assert set(b1) == {"video", "offsets", "actions"}
         assert b1["actions"].shape == (3, 6) and b1["actions"].dtype == torch.int64
         assert b1["actions"].max() < len(ACTIONS) and (b1["actions"][:, 0] == 0).all()
     else:
-        assert set(b1) == {"video", "tokens"}
+        assert set(b1) == {"video", "offsets", "tokens"}
         assert b1["tokens"].shape == (3, 16) and b1["tokens"].dtype == torch.int64
     other = next(world_batches(6, batch=3, frames=6, play=play))
     assert not torch.equal(other["video"], next(world_batches(5, batch=3, frames=6, play=play))["video"])
+
+
+def test_offset_clips_are_later_windows_of_the_same_video():
+    for seed in range(10):
+        whole, late = sample_clip(seed, 30), sample_clip(seed, 12, offset=18)
+        assert np.array_equal(late.frames, whole.frames[18:]) and late.caption == whole.caption
+        for a, b in zip(late.objects, whole.objects):
+            assert np.array_equal(a.positions, b.positions[18:]) and np.array_equal(a.velocities, b.velocities[18:])
+        play, play_late = sample_play_clip(seed, 6), sample_play_clip(seed, 6, offset=18)
+        assert play.actions == play_late.actions and np.array_equal(play.player, play_late.player)
+        for a, b in zip(play.objects, play_late.objects):  # the shapes are 18 frames further along
+            assert np.array_equal(b.positions[0], place_track(ObjectSpec(a.colour, a.shape, a.direction),
+                                                              tuple(a.positions[0]), 19).positions[18])
+    with pytest.raises(ValueError, match="offset must be an integer >= 0"):
+        sample_clip(0, 4, offset=-1)
+
+
+def test_world_batches_offsets_cover_every_phase_of_the_bounce():
+    period = bounce_period(32)
+    assert period == 2 * (28 - 3)  # centres 3..28 at 32x32: there and back
+    batches = world_batches(0, batch=16, frames=4, offset_prob=0.5)
+    offsets = torch.cat([next(batches)["offsets"] for _ in range(100)])
+    assert 0.4 < (offsets > 0).float().mean() < 0.6
+    assert set(offsets[offsets > 0].tolist()) == set(range(1, period))
+    late = next(world_batches(0, batch=64, frames=4, offset_prob=1.0))["video"]
+    at_wall = (late[:, :, :, :, :3] > -1).any() or (late[:, :, :, :, -3:] > -1).any()
+    assert (late.flatten(1) > -1).any(1).all() and at_wall
+    with pytest.raises(ValueError, match="offset_prob"):
+        next(world_batches(0, batch=2, frames=4, offset_prob=1.5))
 
 
 @pytest.mark.parametrize("size", [32, 64])

@@ -79,6 +79,21 @@ def test_mid_air_turns_break_bounce_consistency():
     assert evaluate_video(frames)["yellow.bounce_consistency"] < 0.8
 
 
+def test_shapes_that_stop_or_vanish_at_a_wall_do_not_return():
+    for seed in range(6):
+        clip = render_prompt_clip("a red square moving right", 64, seed)
+        m = evaluate_video(clip.frames, "a red square moving right")
+        assert m["red.wall_arrivals"] >= 2 and m["wall_return"] == 1.0  # the world always bounces
+        x = clip.objects[0].positions[:, 1]
+        hit = int(np.argmax(x == x.max()))  # first frame at the right wall
+        stuck = np.concatenate([clip.frames[:hit + 1]] + [clip.frames[hit:hit + 1]] * 8)
+        assert evaluate_video(stuck, "a red square moving right")["wall_return"] == 0.0
+        gone = clip.frames[:hit + 9].copy()
+        gone[hit + 1:] = 0  # fades at the wall
+        assert evaluate_video(gone, "a red square moving right")["wall_return"] == 0.0
+    assert "wall_return" not in evaluate_video(render_prompt_clip("a red square moving right", 6, 0).frames)
+
+
 def test_play_clips_follow_actions_and_shuffled_do_not():
     follow, shuffled = [], []
     for seed in range(8):

@@ -15,6 +15,8 @@ Whole video
   colour_identity        fraction of frame steps t -> t + 1 whose set of colours is unchanged
   presence               mean of C.presence over the tracked colours (modal set + named colours)
   accel, max_jump        mean of C.accel; max of C.max_jump
+  wall_return            over the tracked shapes, returns / arrivals (C.wall_return pooled);
+                         present only if some shape arrived at a wall
 Per tracked colour C
   C.presence             fraction of frames where C is found
   C.accel                mean |c[t+1] - 2 c[t] + c[t-1]| of the centroid, px/frame² (3 frames present);
@@ -25,6 +27,13 @@ Per tracked colour C
                          each moving axis or reverse it only within 2 px per 32 px of frame of the
                          wall they were heading for (bounces reflect; no turning in mid-air);
                          not for white (the player turns when the actions say so)
+  C.wall_arrivals        steps that move C ≥ 0.25 px towards a wall and end with it at that wall
+                         (bounding box within 2 px per 32 px of frame), with 3 more steps in the
+                         video; not for white
+  C.wall_return          of those arrivals, the fraction followed within 3 steps by a step of
+                         ≥ 0.25 px away from that wall: the shape bounced, rather than stopping,
+                         fading or jumping elsewhere (a missing frame counts as no bounce);
+                         only when C arrived at a wall at least once
 With a prompt (for each named object C)
   prompt.C.present       fraction of frames where C is found
   prompt.C.shape         fraction of ALL frames where C is found with the named shape
@@ -198,6 +207,11 @@ def _track_metrics(track: list[Optional[Detection]], height: int, width: int,
     bounce = _bounce_consistency(track, height, width) if bounces else None
     if bounce is not None:
         m["bounce_consistency"] = bounce
+    if bounces:
+        arrivals, returns = _wall_returns(track, height, width)
+        m["wall_arrivals"] = arrivals
+        if arrivals:
+            m["wall_return"] = returns / arrivals
     shapes = [d.shape_guess for d in track if d is not None]
     if shapes:
         m["shape_consistency"] = Counter(shapes).most_common(1)[0][1] / len(shapes)
@@ -257,6 +271,33 @@ def _bounce_consistency(track: list[Optional[Detection]], height: int, width: in
             pairs += 1
         prev = d
     return ok / pairs if pairs else None
+
+
+def _wall_returns(track: list[Optional[Detection]], height: int, width: int, within: int = 3) -> tuple[int, int]:
+    """(arrivals, returns): steps that move C towards a wall and end at it, and how many of them
+    are followed within `within` steps by a step away from that wall. After an arrival the next
+    one is looked for from the step after its return (or after the `within` steps)."""
+    arrivals = returns = 0
+    t = 1
+    while t + within < len(track):  # an arrival counts only with `within` steps left to return in
+        a, b = track[t - 1], track[t]
+        wall = None
+        if a is not None and b is not None:
+            d = np.subtract(b.centroid, a.centroid)
+            for axis, extent in ((0, height), (1, width)):
+                if abs(d[axis]) >= MIN_STEP and _near_wall(b, axis, np.sign(d[axis]), extent):
+                    wall = axis, np.sign(d[axis])
+        if wall is None:
+            t += 1
+            continue
+        axis, sign = wall
+        arrivals += 1
+        back = next((u for u in range(t, t + within)
+                     if track[u] is not None and track[u + 1] is not None
+                     and (track[u + 1].centroid[axis] - track[u].centroid[axis]) * sign <= -MIN_STEP), None)
+        returns += back is not None
+        t = (back if back is not None else t + within) + 2
+    return arrivals, returns
 
 
 def _action_metrics(frames_dets: list[list[Detection]], actions: Sequence[str], height: int, width: int) -> dict:
@@ -324,6 +365,10 @@ def evaluate_video(frames: np.ndarray, prompt: Optional[str] = None, actions: Op
         out["accel"] = float(np.mean(accels))
     if jumps:
         out["max_jump"] = float(max(jumps))
+    arrivals = sum(per[c].get("wall_arrivals", 0) for c in tracked)
+    if arrivals:
+        out["wall_return"] = sum(per[c].get("wall_return", 0) * per[c].get("wall_arrivals", 0)
+                                 for c in tracked) / arrivals
     for c in tracked:
         out.update({f"{c}.{k}": float(v) for k, v in per[c].items()})
 

@@ -142,10 +142,20 @@ def place_track(spec: ObjectSpec, start: tuple[int, int], frames: int, size: int
     return ObjectTrack(spec.colour, spec.shape, spec.direction, radius, positions, velocities)
 
 
-def _track(rng: np.random.Generator, spec: ObjectSpec, frames: int, size: int) -> ObjectTrack:
+def _track(rng: np.random.Generator, spec: ObjectSpec, frames: int, size: int, offset: int = 0) -> ObjectTrack:
+    """A random track of `spec`, seen from frame `offset` of its video on (`offset` frames later)."""
     rows, cols = start_lattice(spec.direction, size)
     start = tuple(axis[int(rng.integers(len(axis)))] for axis in (rows, cols))
-    return place_track(spec, start, frames, size)
+    track = place_track(spec, start, offset + frames, size)
+    track.positions, track.velocities = track.positions[offset:], track.velocities[offset:]
+    return track
+
+
+def bounce_period(size: int = 32) -> int:
+    """Frames after which a bouncing shape's motion repeats (there and back across the frame):
+    windows starting at offsets 0 .. period - 1 of a video cover every phase of its motion."""
+    _, speed, lo, hi = _bounds(size)
+    return 2 * (hi - lo) // speed
 
 
 def _draw(frames: np.ndarray, track: ObjectTrack) -> None:
@@ -173,12 +183,21 @@ def _check_frames(frames: int) -> None:
         raise ValueError(f"frames must be a positive integer, got {frames!r}")
 
 
-def sample_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32) -> Clip:
-    """A random captioned clip: 1-2 shapes in distinct colours. frames: (F, size, size, 3) uint8."""
+def _check_offset(offset: int) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
+
+
+def sample_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32, offset: int = 0) -> Clip:
+    """A random captioned clip: 1-2 shapes in distinct colours. frames: (F, size, size, 3) uint8.
+    `offset` > 0: frames offset .. offset + F - 1 of such a video (shapes may be anywhere in their
+    bouncing, even at or past a wall); the caption still names each shape's direction at frame 0,
+    as a video's caption does for all of it."""
     _check_frames(frames)
+    _check_offset(offset)
     rng = as_rng(rng_or_seed)
     specs = _random_specs(rng, int(rng.integers(1, MAX_OBJECTS + 1)))
-    tracks = [_track(rng, s, frames, size) for s in specs]
+    tracks = [_track(rng, s, frames, size, offset) for s in specs]
     return Clip(render_tracks(tracks, frames, size), caption(specs), tracks)
 
 
@@ -202,20 +221,24 @@ def random_actions(rng: np.random.Generator, frames: int, repeat_prob: float = 0
     return actions
 
 
-def sample_play_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32, repeat_prob: float = 0.8) -> PlayClip:
+def sample_play_clip(rng_or_seed: RngOrSeed, frames: int, size: int = 32, repeat_prob: float = 0.8,
+                     offset: int = 0) -> PlayClip:
     """A white player moved by random actions among 0-2 bouncing shapes.
 
     actions[f] is the action that moved the player from frame f - 1 INTO frame f; actions[0] is
     "none" (frame 0 is the start). Each later action repeats the previous one with probability
-    `repeat_prob`, else is drawn uniformly from ACTIONS (actions[1] is always drawn)."""
+    `repeat_prob`, else is drawn uniformly from ACTIONS (actions[1] is always drawn). `offset` > 0
+    shows the shapes `offset` frames into their motion (as later in a long rollout: at walls,
+    bouncing); the player starts anywhere either way."""
     _check_frames(frames)
+    _check_offset(offset)
     if not 0.0 <= repeat_prob <= 1.0:
         raise ValueError(f"repeat_prob must lie in [0, 1], got {repeat_prob!r}")
     rng = as_rng(rng_or_seed)
     s = scale_of(size)
     side, step = PLAYER_SIDE * s, PLAYER_STEP * s
     specs = _random_specs(rng, int(rng.integers(0, MAX_OBJECTS + 1)))
-    tracks = [_track(rng, sp, frames, size) for sp in specs]
+    tracks = [_track(rng, sp, frames, size, offset) for sp in specs]
 
     actions = random_actions(rng, frames, repeat_prob)
     player = np.empty((frames, 2), dtype=np.int64)
@@ -235,21 +258,33 @@ def to_model_video(frames_FHWC: np.ndarray) -> torch.Tensor:
 
 
 def world_batches(seed: int, batch: int, frames: int, size: int = 32, play: bool = False,
-                  repeat_prob: float = 0.8) -> Iterator[dict[str, torch.Tensor]]:
+                  repeat_prob: float = 0.8, offset_prob: float = 0.0) -> Iterator[dict[str, torch.Tensor]]:
     """Infinite training batches, deterministic for a given seed.
 
+    `offset_prob`: the share of clips that are windows from later in their video, at an offset
+    drawn uniformly from 1 .. bounce_period - 1 (so shapes are seen at walls and bouncing); the
+    rest start at frame 0. At 0 no offsets are drawn: the stream is that of earlier versions.
+
     yields {"video": float32 (B, 3, F, H, W) in [-1, 1],
+            "offsets": int64 (B,)          each clip's first frame in its video,
             "tokens": int64 (B, 16)}      caption ids (text clips), or
-           {"video": ..., "actions": int64 (B, F)}  indices into ACTIONS (play clips)."""
+           {"video": ..., "offsets": ..., "actions": int64 (B, F)}  indices into ACTIONS (play clips)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch!r}")
+    if not 0.0 <= offset_prob <= 1.0:
+        raise ValueError(f"offset_prob must lie in [0, 1], got {offset_prob!r}")
     rng = np.random.default_rng(seed)
+    period = bounce_period(size)
     while True:
+        offsets = [0] * batch
+        if offset_prob > 0:
+            offsets = [int(rng.integers(1, period)) if rng.random() < offset_prob else 0 for _ in range(batch)]
         if play:
-            clips = [sample_play_clip(rng, frames, size, repeat_prob) for _ in range(batch)]
+            clips = [sample_play_clip(rng, frames, size, repeat_prob, o) for o in offsets]
             cond = {"actions": torch.tensor([[ACTIONS.index(a) for a in c.actions] for c in clips],
                                             dtype=torch.int64)}
         else:
-            clips = [sample_clip(rng, frames, size) for _ in range(batch)]
+            clips = [sample_clip(rng, frames, size, o) for o in offsets]
             cond = {"tokens": torch.tensor([tokenize(c.caption) for c in clips], dtype=torch.int64)}
-        yield {"video": torch.stack([to_model_video(c.frames) for c in clips]), **cond}
+        yield {"video": torch.stack([to_model_video(c.frames) for c in clips]),
+               "offsets": torch.tensor(offsets, dtype=torch.int64), **cond}

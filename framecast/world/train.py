@@ -76,6 +76,11 @@ class TrainOptions:
                                   # (σ ~ U[0, context_sigma_max]) and the rest share one σ (what
                                   # schedule.lead_frames samples); there the direction word says where the
                                   # object goes next
+    prefix_max: int = 0           # text: prefix clips keep 1..prefix_max frames nearly clean (0: F // 2); clips
+                                  # from later in their video (offset_prob) keep at least 2, so their motion
+                                  # shows (one frame mid-video does not tell which way a shape is going)
+    offset_prob: float = 0.0      # share of clips that are windows from later in their video (shapes at walls and
+                                  # bouncing, as a rollout's later chunks and DualParal's later blocks see them)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +122,11 @@ def init_adaln_zero(model: nn.Module) -> None:
         nn.init.normal_(ce.time_embedder.linear_2.weight, std=0.02)
 
 
-def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> torch.Tensor:
+def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions,
+                  offsets_B: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, F) noise levels: logit-normal per frame (a `sigma_uniform` share of them uniform on
-    [0, 1] instead), or one per clip with prob. uniform_prob."""
+    [0, 1] instead), or one per clip with prob. uniform_prob; a `prefix_prob` share of the clips
+    with nearly clean first frames (at least 2 where offsets_B > 0: clips from later in a video)."""
     u_BF = torch.randn(b, f, generator=gen) * opt.logit_std + opt.logit_mean
     shared_B = torch.rand(b, generator=gen) < opt.uniform_prob
     u_BF = torch.where(shared_B[:, None], u_BF[:, :1].expand(-1, f), u_BF)
@@ -134,7 +141,9 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions) -> to
         from framecast.world.causal_training import share_in_draft
 
         prefix_B = torch.rand(b, generator=gen) < opt.prefix_prob
-        k_B = torch.randint(1, max(2, f // 2 + 1), (b,), generator=gen)
+        k_B = torch.randint(1, max(2, (opt.prefix_max or f // 2) + 1), (b,), generator=gen)
+        if offsets_B is not None:
+            k_B = torch.where(offsets_B > 0, k_B.clamp(min=min(2, f - 1)), k_B)
         context_B = torch.rand(b, generator=gen) * opt.context_sigma_max
         rest_BF = share_in_draft(sigma_BF, k_B)  # frames k.. share frame k's σ, as a joint draft's do
         prefixed_BF = torch.where(torch.arange(f)[None] < k_B[:, None], context_B[:, None], rest_BF)
@@ -169,7 +178,7 @@ def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOp
         sigma_BF = sample_sigmas(gen, b, f, opt).to(device)
         return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max, opt.fg_weight,
                          opt.draft_prob)
-    sigma_BF = sample_sigmas(gen, b, f, opt)
+    sigma_BF = sample_sigmas(gen, b, f, opt, batch.get("offsets"))
     noise = torch.randn(x0.shape, generator=gen)
     drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
     tokens = torch.where(drop_B[:, None], empty_tokens, batch["tokens"])
@@ -236,6 +245,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
                          f"text.kind={cfg.text.kind}")
     if cfg.video.height != cfg.video.width:
         raise ValueError(f"world clips are square; got video {cfg.video.height}x{cfg.video.width}")
+    if opt.prefix_max >= frames:
+        raise ValueError(f"prefix_max={opt.prefix_max} must be below frames={frames}: a prefix clip needs a noisy frame")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
@@ -269,7 +280,7 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
                              f"batch={batch} frames={frames}")
     if stop_at is not None and not start < stop_at <= steps:
         raise ValueError(f"stop_at={stop_at} must lie in ({start}, {steps}]: after the start step and at most steps")
-    data = world_batches(seed, batch, frames, size=cfg.video.height, play=opt.play)
+    data = world_batches(seed, batch, frames, size=cfg.video.height, play=opt.play, offset_prob=opt.offset_prob)
     for _ in range(start):  # replay the data stream to where the saved run stopped
         next(data)
     empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)])  # (1, S): "</s>" then <pad>
@@ -399,6 +410,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix-prob", type=float, default=d.prefix_prob,
                         help="text: share of clips with their first frames nearly clean (σ <= --context-sigma-max) "
                              "and the rest at one σ (0 = none)")
+    parser.add_argument("--prefix-max", type=int, default=d.prefix_max,
+                        help="text: prefix clips keep 1..this many first frames nearly clean (0 = frames // 2)")
+    parser.add_argument("--offset-prob", type=float, default=d.offset_prob,
+                        help="share of clips that are windows from later in their video: shapes at walls and "
+                             "bouncing (0 = every clip starts at frame 0)")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
@@ -418,13 +434,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if args.logit_std <= 0:
         raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
+    if args.prefix_max < 0:
+        raise ValueError(f"--prefix-max must be >= 0, got {args.prefix_max}")
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
         raise ValueError(f"--stop-at must lie in [1, --steps] = [1, {args.steps}], got {args.stop_at}")
     for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob",
-                 "prefix_prob"):
+                 "prefix_prob", "offset_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
@@ -435,7 +453,7 @@ def run_train(args: argparse.Namespace) -> int:
                        substeps=args.substeps, sigma_uniform=args.sigma_uniform, init_from=args.init_from,
                        action_init_std=args.action_init_std, fg_weight=args.fg_weight,
                        draft_prob=args.draft_prob, prefix_prob=args.prefix_prob, logit_mean=args.logit_mean,
-                       logit_std=args.logit_std)
+                       logit_std=args.logit_std, prefix_max=args.prefix_max, offset_prob=args.offset_prob)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
