@@ -33,6 +33,7 @@ def test_short_run_lowers_the_loss(tmp_path):
     assert (tmp_path / "state.pt").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # bf16 RMSNorm runs unfused
 @pytest.mark.parametrize("play", [False, True])
 def test_bf16_autocast_loss_is_the_fp32_loss_and_trains(tmp_path, play):
     """--bf16: the same batch's loss under bf16 autocast is the fp32 loss to bf16 precision

@@ -83,7 +83,7 @@ class TrainOptions:
     offset_prob: float = 0.0      # share of clips that are windows from later in their video (shapes at walls and
                                   # bouncing, as a rollout's later chunks and DualParal's later blocks see them)
     bf16: bool = False            # forward and backward under bf16 autocast (weights, optimizer and EMA stay fp32);
-                                  # measured 24% faster per step on this CPU (avx512_bf16), more on GPUs
+                                  # bench/train_step.py on this CPU (avx512_bf16): text steps ~20% cheaper, play ~even
 
 
 # ---------------------------------------------------------------------------------------------
