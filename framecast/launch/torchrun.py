@@ -33,7 +33,7 @@ class TorchrunExecutor:
         print(f"framecast: torchrun: {world} workers (pids {', '.join(str(i['pid']) for i in infos)})",
               file=sys.stderr, flush=True)
         # torchrun answers a dead rank by SIGTERM to the others: name the dead one(s) in the error
-        signal.signal(signal.SIGTERM, lambda signum, frame: _raise_lost(infos))
+        signal.signal(signal.SIGTERM, lambda signum, frame: _on_sigterm(infos))
 
     def collective_rpc(self, method: str, *args) -> list:
         _broadcast((method, args))
@@ -80,6 +80,15 @@ def spawn(argv: list[str], workers: int) -> int:
     env = dict(os.environ)
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return subprocess.call(cmd, env=env)
+
+
+def _on_sigterm(infos: list) -> None:
+    """Raise `WorkerLost` once, and not over an error already being handled: rank 0 may have
+    seen the dead peer itself (a failed send) and be reporting it when torchrun's SIGTERM comes;
+    an exception raised there would escape the report as a bare traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.exc_info()[0] is None:
+        _raise_lost(infos)
 
 
 def _raise_lost(infos: list) -> None:
