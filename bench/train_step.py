@@ -2,8 +2,8 @@
 
     python bench/train_step.py [--steps 10] [--repeats 3] [--out bench/results/train_step.json]
 
-Each variant runs exactly what `framecast train` runs per step (`loss_on`, backward, grad clip,
-AdamW, EMA) on the shipped recipes' batch shapes, from the same seed:
+Each variant runs exactly what `framecast train` runs per step (`train.train_step`: loss under
+autocast with --bf16, backward, grad clip, AdamW, EMA) on the shipped recipes' batch shapes, from the same seed:
   - tiny (text):   batch 8 x 8 frames, --prefix-prob 0.9 --offset-prob 0.3;
   - tiny-play:     batch 8 x 4 frames, --draft-prob 0.3 --fg-weight 4 --offset-prob 0.5; and the
                    same batch with every clip drafted (all on the dense mask: what every batch
@@ -19,6 +19,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from framecast.config import load_config  # noqa: E402
 from framecast.world.captions import tokenize  # noqa: E402
 from framecast.world.scenes import world_batches  # noqa: E402
-from framecast.world.train import TrainOptions, build, ema_update, loss_on, step_generator  # noqa: E402
+from framecast.world.train import TrainOptions, build, step_generator, train_step  # noqa: E402
 
 VARIANTS = {  # name: (preset, batch, frames, options)
     "tiny": ("tiny", 8, 8, TrainOptions(prefix_prob=0.9, offset_prob=0.3)),
@@ -43,7 +44,7 @@ class Stepper:
 
     def __init__(self, preset: str, batch: int, frames: int, opt: TrainOptions, bf16: bool):
         cfg = load_config(preset, [])
-        self.opt, self.bf16, self.step_n = opt, bf16, 0
+        self.opt, self.step_n = replace(opt, bf16=bf16), 0
         self.nets = build(cfg, 0).train()
         self.ema = build(cfg, 0).eval().requires_grad_(False)
         self.optim = torch.optim.AdamW(self.nets.parameters(), lr=1e-3)
@@ -54,13 +55,8 @@ class Stepper:
     def step(self) -> float:
         batch = next(self.data)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            loss = loss_on(self.nets, batch, step_generator(0, self.step_n), self.opt, self.empty, torch.device("cpu"))
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.nets.parameters(), 1.0)
-        self.optim.step()
-        ema_update(self.ema, self.nets, 0.999)
+        train_step(self.nets, self.ema, self.optim, batch, step_generator(0, self.step_n), self.opt, self.empty,
+                   "cpu", self.opt.ema_decay)
         self.step_n += 1
         return time.perf_counter() - t0
 
@@ -71,9 +67,6 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="rounds (variants interleaved)")
     ap.add_argument("--out", default="bench/results/train_step.json")
     args = ap.parse_args(argv)
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")  # bf16 RMSNorm, unfused
     steppers = {(name, prec): Stepper(*VARIANTS[name], bf16=prec == "bf16")
                 for name in VARIANTS for prec in ("fp32", "bf16")}
     for s in steppers.values():

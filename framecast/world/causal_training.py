@@ -112,12 +112,12 @@ def predict_on_context(nets: nn.ModuleDict, ctx_BCFHW: torch.Tensor, sigma_ctx_B
     frames from starts_B[b] on as one joint draft (`draft_mask`). Only the drafted clips take the
     dense mask: the plain ones run as their own batch on the mask-free teacher-forcing path."""
     f = x_BCFHW.shape[2]
-    drafted_B = None if starts_B is None else starts_B.to(x_BCFHW.device) < f
+    starts_B = None if starts_B is None else starts_B.to(x_BCFHW.device)
+    drafted_B = None if starts_B is None else starts_B < f
     if drafted_B is not None and bool(drafted_B.any()) and not bool(drafted_B.all()):
         parts = (ctx_BCFHW, sigma_ctx_BF, x_BCFHW, sigma_BF, tokens_BS, actions_BF)
         plain = predict_on_context(nets, *(t[~drafted_B] for t in parts))
-        drafted = predict_on_context(nets, *(t[drafted_B] for t in parts),
-                                     starts_B=starts_B.to(x_BCFHW.device)[drafted_B])
+        drafted = predict_on_context(nets, *(t[drafted_B] for t in parts), starts_B=starts_B[drafted_B])
         out = plain.new_empty((x_BCFHW.shape[0], *plain.shape[1:]))
         out[~drafted_B], out[drafted_B] = plain, drafted
         return out

@@ -210,6 +210,24 @@ def ema_update(ema: nn.Module, nets: nn.Module, decay: float) -> None:
         e.lerp_(p, 1 - decay)
 
 
+def train_step(nets: nn.ModuleDict, ema: nn.Module, optim: torch.optim.Optimizer, batch: dict,
+               gen: torch.Generator, opt: TrainOptions, empty_tokens: torch.Tensor, device, ema_decay: float,
+               teacher: Optional[nn.ModuleDict] = None, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One optimizer step on `batch` (under bf16 autocast with `opt.bf16`), then the EMA update;
+    returns the loss. The step `train` runs, and `bench/train_step.py` times."""
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=opt.bf16), \
+            warnings.catch_warnings():
+        # bf16 activations meet fp32 RMSNorm weights: torch warns that it takes the unfused kernel
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        loss = loss_on(nets, batch, gen, opt, empty_tokens, device, teacher, grid)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
+    optim.step()
+    ema_update(ema, nets, ema_decay)
+    return loss.detach()
+
+
 def save_weights(nets: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -300,15 +318,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     for step in bar:
         for group in optim.param_groups:
             group["lr"] = lr_at(step, opt, steps)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opt.bf16), warnings.catch_warnings():
-            # bf16 activations meet fp32 RMSNorm weights: torch warns that it takes the unfused kernel
-            warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-            loss = loss_on(nets, next(data), step_generator(seed, step), opt, empty, dev, teacher, grid)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
-        optim.step()
-        ema_update(ema, nets, min(opt.ema_decay, (1 + step) / (10 + step)))
+        loss = train_step(nets, ema, optim, next(data), step_generator(seed, step), opt, empty, dev,
+                          min(opt.ema_decay, (1 + step) / (10 + step)), teacher, grid)
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             recent = losses[-log_every:]
