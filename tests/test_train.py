@@ -96,6 +96,43 @@ def test_stop_at_keeps_the_schedule_of_the_full_run(tmp_path):
         train(small_cfg(), steps=6, batch=2, frames=4, seed=4, out=tmp_path / "c", progress=False, stop_at=7)
 
 
+def test_several_clip_lengths_take_turns_and_resume_identically(tmp_path, monkeypatch):
+    """--frames 4 6 --batch 2 1: steps alternate 2 x 4-frame and 1 x 6-frame clips; a resumed run
+    replays both data streams and ends with the same losses and weights as a straight one."""
+    import framecast.world.train as train_module
+
+    shapes = []
+    real_step = train_module.train_step
+
+    def recording_step(nets, ema, optim, batch, *args):
+        shapes.append(tuple(batch["video"].shape[:3]))
+        return real_step(nets, ema, optim, batch, *args)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    opt = TrainOptions(lr=2e-3, warmup=2, save_every=100, prefix_prob=0.5)
+    straight = train(small_cfg(), steps=5, batch=(2, 1), frames=(4, 6), seed=3, out=tmp_path / "a",
+                     progress=False, options=opt)
+    assert shapes == [(2, 3, 4), (1, 3, 6), (2, 3, 4), (1, 3, 6), (2, 3, 4)]
+    meta = json.loads((tmp_path / "a" / "weights.json").read_text())
+    assert meta["batch"] == [2, 1] and meta["frames"] == [4, 6]
+    train(small_cfg(), steps=5, batch=(2, 1), frames=(4, 6), seed=3, out=tmp_path / "b", progress=False,
+          options=opt, stop_at=3)
+    resumed = train(small_cfg(), steps=5, batch=[2, 1], frames=[4, 6], seed=3, out=tmp_path / "b", resume=True,
+                    progress=False, options=opt)
+    assert resumed["losses"] == straight["losses"]
+    a = load_file(str(tmp_path / "a" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "b" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # one length is the stream of every earlier run; other lengths draw their clips elsewhere
+    single = train(small_cfg(), steps=1, batch=2, frames=4, seed=3, out=tmp_path / "c", progress=False, options=opt)
+    assert single["losses"] == straight["losses"][:1]
+    with pytest.raises(ValueError, match=r"batch=\[2\] frames=\[4, 6\]"):
+        train(small_cfg(), steps=1, batch=(2,), frames=(4, 6), seed=3, out=tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="was trained with seed=3 batch=2 frames=4"):
+        train(small_cfg(), steps=2, batch=(2, 1), frames=(4, 6), seed=3, out=tmp_path / "c", resume=True,
+              progress=False, options=opt)
+
+
 def test_resume_refuses_other_settings(tmp_path):
     train(small_cfg(), steps=1, batch=2, frames=4, seed=0, out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="seed=0"):
@@ -238,7 +275,9 @@ def test_train_cli_rejects_bad_play_options_before_any_output(tmp_path, capsys):
     for argv, message in ((["--play", "--preset", "tiny-play", "--draft-prob", "2"], "--draft-prob must be in [0, 1]"),
                           (["--draft-prob", "0.5"], "are for play models; add --play"),
                           (["--logit-std", "0"], "--logit-std must be > 0"),
-                          (["--stop-at", "2"], "--stop-at must lie in [1, --steps] = [1, 1], got 2")):
+                          (["--stop-at", "2"], "--stop-at must lie in [1, --steps] = [1, 1], got 2"),
+                          (["--frames", "4", "6", "--batch", "2"],
+                           "--batch needs one value per --frames value: got --frames 4 6 and --batch 2")):
         out = tmp_path / "run"
         assert main(["--out", str(out), "--steps", "1", *argv]) == 2
         err = capsys.readouterr().err.strip()

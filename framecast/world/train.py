@@ -238,7 +238,8 @@ def save_weights(nets: nn.Module, path: Path) -> None:
 # the loop
 # ---------------------------------------------------------------------------------------------
 
-def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str | Path, resume: bool = False,
+def train(cfg: Config, steps: int, batch: int | Sequence[int], frames: int | Sequence[int], seed: int,
+          out: str | Path, resume: bool = False,
           device: str = "cpu", log_every: int = 10, options: Optional[TrainOptions] = None,
           command: str = "", progress: bool = True, max_seconds: Optional[float] = None,
           stop_at: Optional[int] = None) -> dict:
@@ -246,12 +247,15 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     until `max_seconds` of training wall time have passed (then saved as a finished run), or up
     to step `stop_at` (saved there; the learning rate follows the schedule of `steps`, so a
     recorded stage that stopped early reproduces exactly; `resume` can go on to `steps`).
-    Batches: `batch` world clips of `frames` frames at cfg.video.height. Returns the metadata
-    written to out/weights.json (losses: the loss of every step, in order)."""
+    Batches: `batch` world clips of `frames` frames at cfg.video.height; with several (batch,
+    frames) pairs, step i takes pair i mod n (e.g. frames (8, 12), batch (8, 5): 8-frame and
+    12-frame clips on alternate steps), pair j's clips from their own stream (`clip_seed`).
+    Returns the metadata written to out/weights.json (losses: the loss of every step, in order)."""
     from framecast.world.captions import tokenize
     from framecast.world.scenes import world_batches
 
     opt = options or TrainOptions()
+    batches, lengths = clip_shapes(batch, frames)
     if opt.play and cfg.model.num_actions < 1:
         raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
     if (opt.action_init_std > 0 or opt.fg_weight > 0 or opt.draft_prob > 0) and not opt.play:
@@ -266,8 +270,9 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
                          f"text.kind={cfg.text.kind}")
     if cfg.video.height != cfg.video.width:
         raise ValueError(f"world clips are square; got video {cfg.video.height}x{cfg.video.width}")
-    if opt.prefix_max >= frames:
-        raise ValueError(f"prefix_max={opt.prefix_max} must be below frames={frames}: a prefix clip needs a noisy frame")
+    if opt.prefix_max >= min(lengths):
+        raise ValueError(f"prefix_max={opt.prefix_max} must be below frames={min(lengths)}: a prefix clip needs a "
+                         "noisy frame")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
@@ -295,15 +300,16 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
         ema.load_state_dict(state["ema"])
         optim.load_state_dict(state["optim"])
         start, losses, wall = state["step"], state["losses"], state["wall_s"]
-        if state["seed"] != seed or state["batch"] != batch or state["frames"] != frames:
+        if state["seed"] != seed or clip_shapes(state["batch"], state["frames"]) != (batches, lengths):
             raise ValueError(f"--resume: {out / 'state.pt'} was trained with seed={state['seed']} "
                              f"batch={state['batch']} frames={state['frames']}; got seed={seed} "
                              f"batch={batch} frames={frames}")
     if stop_at is not None and not start < stop_at <= steps:
         raise ValueError(f"stop_at={stop_at} must lie in ({start}, {steps}]: after the start step and at most steps")
-    data = world_batches(seed, batch, frames, size=cfg.video.height, play=opt.play, offset_prob=opt.offset_prob)
-    for _ in range(start):  # replay the data stream to where the saved run stopped
-        next(data)
+    streams = [world_batches(clip_seed(seed, j), b, f, size=cfg.video.height, play=opt.play,
+                             offset_prob=opt.offset_prob) for j, (b, f) in enumerate(zip(batches, lengths))]
+    for step in range(start):  # replay the data streams to where the saved run stopped
+        next(streams[step % len(streams)])
     empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)])  # (1, S): "</s>" then <pad>
 
     def save(step: int) -> None:
@@ -318,7 +324,8 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
     for step in bar:
         for group in optim.param_groups:
             group["lr"] = lr_at(step, opt, steps)
-        loss = train_step(nets, ema, optim, next(data), step_generator(seed, step), opt, empty, dev,
+        clips = next(streams[step % len(streams)])
+        loss = train_step(nets, ema, optim, clips, step_generator(seed, step), opt, empty, dev,
                           min(opt.ema_decay, (1 + step) / (10 + step)), teacher, grid)
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
@@ -340,6 +347,21 @@ def train(cfg: Config, steps: int, batch: int, frames: int, seed: int, out: str 
             "params": sum(p.numel() for p in nets.parameters()), "options": asdict(opt)}
     (out / "weights.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {**meta, "losses": losses}
+
+
+def clip_shapes(batch: int | Sequence[int], frames: int | Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(batches, frame counts) of the steps' clip shapes, one pair per step in turn; an int is one pair."""
+    batches = (batch,) if isinstance(batch, int) else tuple(batch)
+    lengths = (frames,) if isinstance(frames, int) else tuple(frames)
+    if not batches or len(batches) != len(lengths):
+        raise ValueError(f"batch and frames need one value each per clip length; got batch={list(batches)} "
+                         f"frames={list(lengths)}")
+    return batches, lengths
+
+
+def clip_seed(seed: int, j: int) -> int:
+    """Seed of the j-th clip length's data stream (j = 0: `seed`, the stream of one-length runs)."""
+    return seed if j == 0 else seed * 1_000_003 + 7_919 * j
 
 
 def load_nets(cfg: Config, source: str) -> nn.ModuleDict:
@@ -396,8 +418,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config override, repeatable (e.g. model.num_layers=4)")
     parser.add_argument("--out", required=True, help="output folder: weights.safetensors, weights.json, state.pt")
     parser.add_argument("--steps", type=int, default=2000, help="total optimizer steps")
-    parser.add_argument("--batch", type=int, default=16, help="clips per step")
-    parser.add_argument("--frames", type=int, default=8, help="frames per training clip")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16],
+                        help="clips per step; one per --frames value")
+    parser.add_argument("--frames", type=int, nargs="+", default=[8],
+                        help="frames per training clip; several (e.g. --frames 8 12 --batch 8 5) take turns, "
+                             "one per step")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data and noise")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/state.pt up to --steps")
@@ -457,8 +482,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.prefix_max < 0:
         raise ValueError(f"--prefix-max must be >= 0, got {args.prefix_max}")
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        values = getattr(args, name) if name in ("batch", "frames") else [getattr(args, name)]
+        if min(values) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {' '.join(map(str, values))}")
+    if len(args.batch) != len(args.frames):
+        raise ValueError(f"--batch needs one value per --frames value: got --frames {' '.join(map(str, args.frames))} "
+                         f"and --batch {' '.join(map(str, args.batch))}")
     if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
         raise ValueError(f"--stop-at must lie in [1, --steps] = [1, {args.steps}], got {args.stop_at}")
     for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob",
@@ -478,7 +507,9 @@ def run_train(args: argparse.Namespace) -> int:
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
-    meta = train(cfg, args.steps, args.batch, args.frames, args.seed, args.out, resume=args.resume,
+    one = len(args.frames) == 1  # one clip length: ints, as every earlier run recorded them
+    meta = train(cfg, args.steps, args.batch[0] if one else args.batch, args.frames[0] if one else args.frames,
+                 args.seed, args.out, resume=args.resume,
                  device=args.device, log_every=args.log_every, options=opt, command=command,
                  max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, stop_at=args.stop_at)
     print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s on {meta['device']}; final loss "
