@@ -256,6 +256,8 @@ def train(cfg: Config, steps: int, batch: int | Sequence[int], frames: int | Seq
 
     opt = options or TrainOptions()
     batches, lengths = clip_shapes(batch, frames)
+    # recorded as ints for one clip length, as every earlier run recorded them; else as lists
+    batch, frames = (batches[0], lengths[0]) if len(lengths) == 1 else (list(batches), list(lengths))
     if opt.play and cfg.model.num_actions < 1:
         raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
     if (opt.action_init_std > 0 or opt.fg_weight > 0 or opt.draft_prob > 0) and not opt.play:
@@ -507,9 +509,7 @@ def run_train(args: argparse.Namespace) -> int:
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
-    one = len(args.frames) == 1  # one clip length: ints, as every earlier run recorded them
-    meta = train(cfg, args.steps, args.batch[0] if one else args.batch, args.frames[0] if one else args.frames,
-                 args.seed, args.out, resume=args.resume,
+    meta = train(cfg, args.steps, args.batch, args.frames, args.seed, args.out, resume=args.resume,
                  device=args.device, log_every=args.log_every, options=opt, command=command,
                  max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, stop_at=args.stop_at)
     print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s on {meta['device']}; final loss "
