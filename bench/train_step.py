@@ -4,7 +4,9 @@
 
 Each variant runs exactly what `framecast train` runs per step (`train.train_step`: loss under
 autocast with --bf16, backward, grad clip, AdamW, EMA) on the shipped recipes' batch shapes, from the same seed:
-  - tiny (text):   batch 8 x 8 frames, --prefix-prob 0.9 --offset-prob 0.3;
+  - tiny (text):   batch 8 x 8 frames, --prefix-prob 0.9 --offset-prob 0.3; and the same with
+                   model.num_layers=4 (what a smaller tiny model would save; tiny.json ->
+                   four_layer_chain_not_shipped);
   - tiny-play:     batch 8 x 4 frames, --draft-prob 0.3 --fg-weight 4 --offset-prob 0.5; and the
                    same batch with every clip drafted (all on the dense mask: what every batch
                    with a draft paid before the drafted clips ran apart from the plain ones).
@@ -31,19 +33,20 @@ from framecast.world.captions import tokenize  # noqa: E402
 from framecast.world.scenes import world_batches  # noqa: E402
 from framecast.world.train import TrainOptions, build, step_generator, train_step  # noqa: E402
 
-VARIANTS = {  # name: (preset, batch, frames, options)
-    "tiny": ("tiny", 8, 8, TrainOptions(prefix_prob=0.9, offset_prob=0.3)),
-    "tiny-play": ("tiny-play", 8, 4, TrainOptions(play=True, draft_prob=0.3, fg_weight=4, offset_prob=0.5)),
+VARIANTS = {  # name: (preset, batch, frames, options, config overrides)
+    "tiny": ("tiny", 8, 8, TrainOptions(prefix_prob=0.9, offset_prob=0.3), []),
+    "tiny, 4 layers": ("tiny", 8, 8, TrainOptions(prefix_prob=0.9, offset_prob=0.3), ["model.num_layers=4"]),
+    "tiny-play": ("tiny-play", 8, 4, TrainOptions(play=True, draft_prob=0.3, fg_weight=4, offset_prob=0.5), []),
     "tiny-play, every clip drafted": ("tiny-play", 8, 4, TrainOptions(play=True, draft_prob=1.0, fg_weight=4,
-                                                                      offset_prob=0.5)),
+                                                                      offset_prob=0.5), []),
 }
 
 
 class Stepper:
     """One variant's model, optimizer, EMA and data stream, stepped as `train` steps them."""
 
-    def __init__(self, preset: str, batch: int, frames: int, opt: TrainOptions, bf16: bool):
-        cfg = load_config(preset, [])
+    def __init__(self, preset: str, batch: int, frames: int, opt: TrainOptions, overrides: list[str], bf16: bool):
+        cfg = load_config(preset, overrides)
         self.opt, self.step_n = replace(opt, bf16=bf16), 0
         self.nets = build(cfg, 0).train()
         self.ema = build(cfg, 0).eval().requires_grad_(False)

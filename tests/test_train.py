@@ -139,6 +139,17 @@ def test_resume_refuses_other_settings(tmp_path):
         train(small_cfg(), steps=2, batch=2, frames=4, seed=1, out=tmp_path, resume=True, progress=False)
 
 
+def test_weights_with_another_layer_count_name_the_field(tmp_path):
+    """Weights trained with 2 blocks, loaded (init-from or generate) under a 3-block config: one
+    error naming model.num_layers and the value that fits, not torch's list of missing keys."""
+    from framecast.engine.wan_checkpoint import CheckpointError
+
+    train(small_cfg(), steps=1, batch=1, frames=2, seed=0, out=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match=r"have 2 transformer blocks but model.num_layers=3: "
+                                              r"use model.num_layers=2"):
+        train(small_cfg(["model.num_layers=3"]), steps=1, batch=1, frames=2, seed=0, out=tmp_path / "b",
+              progress=False, options=TrainOptions(init_from=str(tmp_path)))
+
 def test_sigmas_per_frame_or_per_clip():
     g = torch.Generator().manual_seed(0)
     s = sample_sigmas(g, 64, 8, TrainOptions(uniform_prob=0.5))

@@ -124,6 +124,10 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
 
     what = what or f"weights {str(path)!r}"
     sd = load_file(str(path))
+    blocks = {int(k.split(".")[2]) for k in sd if k.startswith("transformer.blocks.")}
+    if blocks and len(blocks) != cfg.model.num_layers:
+        raise CheckpointError(f"{what} have {len(blocks)} transformer blocks but model.num_layers="
+                              f"{cfg.model.num_layers}: use model.num_layers={len(blocks)}")
     model = WanModel(**model_kwargs(cfg))
     text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
     for prefix, module in (("transformer.", model), ("text_encoder.", text)):
