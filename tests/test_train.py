@@ -150,6 +150,7 @@ def test_weights_with_another_layer_count_name_the_field(tmp_path):
         train(small_cfg(["model.num_layers=3"]), steps=1, batch=1, frames=2, seed=0, out=tmp_path / "b",
               progress=False, options=TrainOptions(init_from=str(tmp_path)))
 
+
 def test_sigmas_per_frame_or_per_clip():
     g = torch.Generator().manual_seed(0)
     s = sample_sigmas(g, 64, 8, TrainOptions(uniform_prob=0.5))
