@@ -1,0 +1,59 @@
+"""bench/compare_quality.py: pairing quality.py videos by schedule, length, prompt and seed."""
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "compare_quality.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def result(weights, runs_by_schedule):
+    """A quality.py JSON: {schedule: [(prompt, seed, direction, presence), ...]} at 4 s."""
+    return {"weights": weights, "rows": [
+        {"schedule": s, "seconds": 4.0,
+         "runs": [{"prompt": p, "seed": seed, "direction": d, "presence": pr} for p, seed, d, pr in runs]}
+        for s, runs in runs_by_schedule.items()]}
+
+
+def test_paired_matches_videos_and_skips_undefined_metrics(compare):
+    a = compare.videos(result("A", {"rollout": [("p", 0, 0.2, 1.0), ("p", 1, 0.4, 1.0), ("q", 0, None, 0.5),
+                                                ("q", 9, 0.9, 0.9)],
+                                    "full": [("p", 0, 0.1, 0.8)]}))
+    b = compare.videos(result("B", {"rollout": [("p", 1, 0.7, 0.5), ("p", 0, 0.6, 1.0), ("q", 0, 0.3, 0.25)],
+                                    "full": [("p", 0, 0.1, 0.9)]}))
+    direction = compare.paired(a, b, "direction")
+    # ("q", 0) has no direction in A and ("q", 9) no video in B: two rollout pairs remain, in any order
+    roll = direction[("rollout", 4.0)]
+    assert roll["n"] == 2 and roll["a"] == pytest.approx(0.3) and roll["b"] == pytest.approx(0.65)
+    assert roll["diff"] == pytest.approx(0.35)
+    assert roll["se"] == pytest.approx(statistics.stdev([0.4, 0.3]) / math.sqrt(2))
+    assert direction[("full", 4.0)]["n"] == 1 and math.isnan(direction[("full", 4.0)]["se"])
+    presence = compare.paired(a, b, "presence")[("rollout", 4.0)]
+    assert presence["n"] == 3 and presence["diff"] == pytest.approx((0.0 - 0.5 - 0.25) / 3)
+
+
+def test_main_writes_rows_and_rejects_results_without_common_videos(compare, tmp_path, capsys):
+    paths = []
+    for name, runs in (("A", [("p", 0, 0.2, 1.0), ("p", 1, 0.4, 1.0)]), ("B", [("p", 0, 0.5, 1.0), ("p", 1, 0.5, 0.5)]),
+                       ("C", [("p", 7, 0.5, 1.0)])):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result(name, {"rollout": runs})))
+    out = tmp_path / "cmp.json"
+    assert compare.main([str(paths[0]), str(paths[1]), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["weights_b"], r["metric"], r["n"]) for r in rows] == [("B", "direction", 2), ("B", "presence", 2)]
+    assert rows[0]["diff"] == pytest.approx(0.2) and rows[1]["diff"] == pytest.approx(-0.25)
+    assert "B − A" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no video in common"):
+        compare.main([str(paths[0]), str(paths[2]), "--out", str(out)])
