@@ -1,5 +1,6 @@
 """Training the world's tiny models: the loss falls, resume is exact, the shipped weights work."""
 import json
+from dataclasses import replace
 from importlib.resources import files
 
 import numpy as np
@@ -182,6 +183,9 @@ def test_prefix_clips_from_later_in_a_video_keep_at_least_two_clean_frames(tmp_p
     k = ((s <= 0.1).int().cumprod(1)).sum(1)  # the nearly clean run at the start (the rest is at σ ≈ 0.95)
     assert set(k[offsets == 0].tolist()) == {1, 2, 3}  # one frame is enough at a video's start
     assert set(k[offsets > 0].tolist()) == {2, 3}      # later, two frames show which way a shape goes
+    one = replace(opt, prefix_max=1, offset_clean_min=1)  # the rollout's layout everywhere, walls included
+    k = ((sample_sigmas(torch.Generator().manual_seed(0), 256, 6, one, offsets) <= 0.1).int().cumprod(1)).sum(1)
+    assert set(k.tolist()) == {1}
     with pytest.raises(ValueError, match="prefix_max=6 must be below frames=6"):
         train(small_cfg(), steps=1, batch=2, frames=6, seed=0, out=tmp_path / "out", progress=False,
               options=TrainOptions(prefix_prob=0.5, prefix_max=6))
@@ -287,6 +291,7 @@ def test_train_cli_rejects_bad_play_options_before_any_output(tmp_path, capsys):
     for argv, message in ((["--play", "--preset", "tiny-play", "--draft-prob", "2"], "--draft-prob must be in [0, 1]"),
                           (["--draft-prob", "0.5"], "are for play models; add --play"),
                           (["--logit-std", "0"], "--logit-std must be > 0"),
+                          (["--offset-clean-min", "0"], "--offset-clean-min must be >= 1, got 0"),
                           (["--stop-at", "2"], "--stop-at must lie in [1, --steps] = [1, 1], got 2"),
                           (["--frames", "4", "6", "--batch", "2"],
                            "--batch needs one value per --frames value: got --frames 4 6 and --batch 2")):

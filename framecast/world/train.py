@@ -78,10 +78,12 @@ class TrainOptions:
                                   # schedule.lead_frames samples); there the direction word says where the
                                   # object goes next
     prefix_max: int = 0           # text: prefix clips keep 1..prefix_max frames nearly clean (0: F // 2); clips
-                                  # from later in their video (offset_prob) keep at least 2, so their motion
-                                  # shows (one frame mid-video does not tell which way a shape is going)
+                                  # from later in their video (offset_prob) keep at least offset_clean_min (2:
+                                  # their motion shows; one frame mid-video does not tell which way a shape goes)
     offset_prob: float = 0.0      # share of clips that are windows from later in their video (shapes at walls and
                                   # bouncing, as a rollout's later chunks and DualParal's later blocks see them)
+    offset_clean_min: int = 2     # text: prefix clips from later in their video keep at least this many nearly clean
+                                  # frames (1: as few as the rollout's one finished frame, even at a wall)
     bf16: bool = False            # forward and backward under bf16 autocast (weights, optimizer and EMA stay fp32);
                                   # bench/train_step.py on this CPU (avx512_bf16): text steps ~20% cheaper, play ~even
 
@@ -129,7 +131,8 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions,
                   offsets_B: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, F) noise levels: logit-normal per frame (a `sigma_uniform` share of them uniform on
     [0, 1] instead), or one per clip with prob. uniform_prob; a `prefix_prob` share of the clips
-    with nearly clean first frames (at least 2 where offsets_B > 0: clips from later in a video)."""
+    with nearly clean first frames (at least opt.offset_clean_min where offsets_B > 0: clips from later
+    in a video)."""
     u_BF = torch.randn(b, f, generator=gen) * opt.logit_std + opt.logit_mean
     shared_B = torch.rand(b, generator=gen) < opt.uniform_prob
     u_BF = torch.where(shared_B[:, None], u_BF[:, :1].expand(-1, f), u_BF)
@@ -146,7 +149,7 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions,
         prefix_B = torch.rand(b, generator=gen) < opt.prefix_prob
         k_B = torch.randint(1, max(2, (opt.prefix_max or f // 2) + 1), (b,), generator=gen)
         if offsets_B is not None:
-            k_B = torch.where(offsets_B > 0, k_B.clamp(min=min(2, f - 1)), k_B)
+            k_B = torch.where(offsets_B > 0, k_B.clamp(min=min(opt.offset_clean_min, f - 1)), k_B)
         context_B = torch.rand(b, generator=gen) * opt.context_sigma_max
         rest_BF = share_in_draft(sigma_BF, k_B)  # frames k.. share frame k's σ, as a joint draft's do
         prefixed_BF = torch.where(torch.arange(f)[None] < k_B[:, None], context_B[:, None], rest_BF)
@@ -459,6 +462,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offset-prob", type=float, default=d.offset_prob,
                         help="share of clips that are windows from later in their video: shapes at walls and "
                              "bouncing (0 = every clip starts at frame 0)")
+    parser.add_argument("--offset-clean-min", type=int, default=d.offset_clean_min,
+                        help="text: prefix clips from later in their video keep at least this many nearly clean "
+                             "frames (default 2: the motion shows; 1: the rollout's one finished frame)")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
@@ -483,6 +489,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
     if args.prefix_max < 0:
         raise ValueError(f"--prefix-max must be >= 0, got {args.prefix_max}")
+    if args.offset_clean_min < 1:
+        raise ValueError(f"--offset-clean-min must be >= 1, got {args.offset_clean_min}")
     for name in ("steps", "batch", "frames", "save_every", "substeps"):
         values = getattr(args, name) if name in ("batch", "frames") else [getattr(args, name)]
         if min(values) < 1:
@@ -505,7 +513,7 @@ def run_train(args: argparse.Namespace) -> int:
                        action_init_std=args.action_init_std, fg_weight=args.fg_weight,
                        draft_prob=args.draft_prob, prefix_prob=args.prefix_prob, logit_mean=args.logit_mean,
                        logit_std=args.logit_std, prefix_max=args.prefix_max, offset_prob=args.offset_prob,
-                       bf16=args.bf16)
+                       offset_clean_min=args.offset_clean_min, bf16=args.bf16)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast.world.train" if prog == "train.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
