@@ -176,7 +176,7 @@ def test_prefix_clips_have_clean_context_then_one_level():
     assert ks == {1, 2, 3, 4}
 
 
-def test_prefix_clips_from_later_in_a_video_keep_at_least_two_clean_frames(tmp_path):
+def test_prefix_clips_from_later_in_a_video_keep_offset_clean_min_clean_frames(tmp_path):
     opt = TrainOptions(uniform_prob=0.0, prefix_prob=1.0, prefix_max=3, context_sigma_max=0.1, logit_mean=3.0)
     offsets = torch.tensor([0, 7] * 128)
     s = sample_sigmas(torch.Generator().manual_seed(0), 256, 6, opt, offsets)
