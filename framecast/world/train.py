@@ -489,9 +489,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
     if args.prefix_max < 0:
         raise ValueError(f"--prefix-max must be >= 0, got {args.prefix_max}")
-    if args.offset_clean_min < 1:
-        raise ValueError(f"--offset-clean-min must be >= 1, got {args.offset_clean_min}")
-    for name in ("steps", "batch", "frames", "save_every", "substeps"):
+    for name in ("steps", "batch", "frames", "save_every", "substeps", "offset_clean_min"):
         values = getattr(args, name) if name in ("batch", "frames") else [getattr(args, name)]
         if min(values) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {' '.join(map(str, values))}")
