@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default="bench/results/dualparal_memory.json")
     args = ap.parse_args()
-    extra = [f"sampler.steps={args.steps}", "schedule.block_frames=8", "schedule.context_frames=4"]
+    extra = [f"sampler.steps={args.steps}", "schedule.dualparal.block_frames=8", "schedule.dualparal.context_frames=4"]
     rows = []
     for schedule in ("dualparal", "full"):
         for frames in args.latent_frames:

@@ -139,7 +139,7 @@ def main() -> None:
     cfg = engine.cfg
     shape = (cfg.model.in_channels, cfg.video.height, cfg.video.width)
     label = f"tiny-play {cfg.video.width}x{cfg.video.height}, {cfg.sampler.steps} steps"
-    rows = bench(engine, variants, actions, shape, cfg.schedule.window, cfg.schedule.context_sigma,
+    rows = bench(engine, variants, actions, shape, cfg.schedule.nfd.window, cfg.schedule.nfd.context_sigma,
                  args.repeats, True, label)
     hardware = f"{os.cpu_count()} CPU threads (torch {torch.get_num_threads()})"
     if args.gpu_model:

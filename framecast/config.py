@@ -8,11 +8,13 @@ Every field carries its meaning and unit. Unknown keys, wrong types and out-of-r
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import List, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from framecast.models.registry import FAMILIES
 
 
 class ConfigError(ValueError):
@@ -21,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    kind: str = "wan"  # model family (registry name); only "wan" ships today
+    kind: str = "wan"  # model family (framecast/models/registry.py); only "wan" ships today
     weights: str = ""  # "" = random init (init_seed); builtin:NAME = shipped; or a `train --out` folder / .safetensors
     init_seed: int = 0  # seed for random init when no weights are given
     patch_size: List[int] = field(default_factory=lambda: [1, 2, 2])  # (t, h, w) latent patch
@@ -70,22 +72,20 @@ class VideoConfig:
     fps: int = 16  # frames per second of the output
 
 
-@dataclass
-class ScheduleConfig:
-    name: str = "full"  # full (whole clip at one noise level) | dualparal (staggered blocks) | nfd (frame by frame)
-    #                     | rollout (chunk after chunk, each from the finished frames before it)
-    block_frames: int = 8  # DualParal N: latent frames per block
-    context_frames: int = 4  # DualParal C: latent frames of the older neighbour as left context
-    chunk_frames: int = 4  # rollout: latent frames made per chunk
-    chunk_context: int = 4  # rollout: finished latent frames before a chunk it is given clean
-    lead_frames: int = 0  # full: denoise the first L latent frames first, then the rest with them as clean context
-    #                       (rollout: the first chunk is the first L frames)
-    window: int = 32  # NFD: committed frames a new frame attends to (the KV cache window; NFD: 32)
-    context_sigma: float = 0.0  # NFD: noise level in [0, 1) of committed frames against drift (0 = clean)
-    speculate: int = 1  # NFD: draft K frames under the current action, keep those the actions confirm (1 = off)
-    draft_mode: str = "joint"  # NFD drafts: joint (one batched pass per step) | sequential (= plain NFD)
-    first_frame: str = "generate"  # NFD: generate (the model makes frame 0) | world (a built-in world scene)
-    fuse_commit: bool = True  # NFD: record finished frames' K/V in the next chunk's first pass (T passes, not T + 1)
+def _schedule_config() -> type:
+    """ScheduleConfig: `name` plus one section per registered schedule (its `Options` dataclass),
+    so a new schedule brings its own config section with its module."""
+    from framecast.schedulers.registry import SCHEDULES, schedule_class
+
+    sections = [(name, schedule_class(name).Options) for name in SCHEDULES]
+    cls = make_dataclass("ScheduleConfig", [
+        ("name", str, field(default="full")),  # registry name: full | rollout | dualparal | nfd (see README)
+        *[(name, opts, field(default_factory=opts)) for name, opts in sections]])
+    cls.__module__ = __name__  # pickled configs (torchrun, Ray) find the class here
+    return cls
+
+
+ScheduleConfig = _schedule_config()
 
 
 @dataclass
@@ -114,14 +114,11 @@ class Config:
 
 # key -> allowed values, for string fields with a closed set
 CHOICES = {
-    "model.kind": ("wan",),
+    "model.kind": tuple(FAMILIES),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "text.kind": ("umt5", "builtin"),
     "vae.kind": ("wan", "identity"),
     "sampler.name": ("unipc", "euler", "euler-wan"),
-    "schedule.name": ("full", "dualparal", "nfd", "rollout"),
-    "schedule.draft_mode": ("joint", "sequential"),
-    "schedule.first_frame": ("generate", "world"),
     "parallel.launcher": ("local", "torchrun", "ray"),
     "parallel.placement": ("PACK", "SPREAD"),
 }
@@ -133,10 +130,7 @@ MINIMUM = {
     "text.max_length": 1, "vae.temporal_stride": 1, "vae.spatial_stride": 1,
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
-    "schedule.block_frames": 1, "schedule.context_frames": 0, "schedule.lead_frames": 0, "schedule.window": 1,
-    "schedule.chunk_frames": 1, "schedule.chunk_context": 0,
-    "schedule.context_sigma": 0.0,
-    "schedule.speculate": 1, "parallel.workers": 1, "seed": 0,
+    "parallel.workers": 1, "seed": 0,
 }
 
 
@@ -152,10 +146,27 @@ def _preset_text(name: str) -> str:
     return importlib.resources.files("framecast.configs").joinpath(f"{name}.yaml").read_text()
 
 
+def _moved(key: str) -> str:
+    """Where a flat schedule key of earlier versions lives now ("" if `key` is not one)."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] != "schedule":
+        return ""
+    homes = [f"schedule.{name}.{parts[1]}" for name, section in _schedule_sections(Config())
+             if parts[1] in {f.name for f in fields(section)}]
+    return f"; it moved to {' or '.join(homes)}" if homes else ""
+
+
+def _schedule_sections(cfg: Config) -> list[tuple[str, object]]:
+    """(name, options) of every schedule's config section."""
+    return [(f.name, getattr(cfg.schedule, f.name)) for f in fields(cfg.schedule) if f.name != "name"]
+
+
 def _one_line(e: OmegaConfBaseException, source: str) -> str:
     key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
     msg = str(e).splitlines()[0]
     if "not in" in msg:
+        if _moved(key):
+            return f"{source}: unknown key {key!r}{_moved(key)}"
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         node = _node(parent)
         allowed = ", ".join(f.name for f in fields(node)) if node is not None else ""
@@ -217,26 +228,45 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.patch_size={list(m.patch_size)} must be 3 positive ints (t, h, w)")
     if m.attention_head_dim % 2:
         raise ConfigError(f"model.attention_head_dim={m.attention_head_dim} must be even (RoPE pairs)")
-    if cfg.schedule.context_frames > cfg.schedule.block_frames:
-        raise ConfigError(f"schedule.context_frames={cfg.schedule.context_frames} must be <= "
-                          f"schedule.block_frames={cfg.schedule.block_frames}")
-    if not cfg.schedule.context_sigma < 1.0:
-        raise ConfigError(f"schedule.context_sigma={cfg.schedule.context_sigma} is out of range; must be in [0, 1)")
-    if cfg.schedule.name == "nfd" and (m.patch_size[0] != 1 or cfg.vae.temporal_stride != 1):
-        raise ConfigError(f"schedule.name=nfd generates one video frame at a time: it needs model.patch_size[0]=1 "
-                          f"and vae.temporal_stride=1, got {m.patch_size[0]} and {cfg.vae.temporal_stride}")
+    _validate_schedules(cfg)
     if cfg.parallel.layer_split:
         split = list(cfg.parallel.layer_split)
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:
             raise ConfigError(f"parallel.layer_split={split} must list {cfg.parallel.workers} positive "
                               f"layer counts summing to model.num_layers={m.num_layers}")
-    if cfg.schedule.name == "dualparal" and cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
-        raise ConfigError(f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
-                          f"(use parallel.launcher=torchrun or ray for more)")
     if cfg.parallel.workers > m.num_layers:
         raise ConfigError(f"parallel.workers={cfg.parallel.workers} must be <= model.num_layers={m.num_layers}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+
+
+def _validate_schedules(cfg: Config) -> None:
+    """Every schedule section's ranges and choices (each Options class declares MINIMUM / CHOICES
+    by field and may have `check()`), then the selected schedule's checks against the whole config."""
+    from framecast.schedulers.registry import SCHEDULES, schedule_class
+
+    if cfg.schedule.name not in SCHEDULES:
+        raise ConfigError(f"schedule.name={cfg.schedule.name!r} is not allowed; choose one of: {', '.join(SCHEDULES)}")
+    for name, options in _schedule_sections(cfg):
+        for key, allowed in getattr(options, "CHOICES", {}).items():
+            if getattr(options, key) not in allowed:
+                raise ConfigError(f"schedule.{name}.{key}={getattr(options, key)!r} is not allowed; "
+                                  f"choose one of: {', '.join(allowed)}")
+        for key, low in getattr(options, "MINIMUM", {}).items():
+            if getattr(options, key) < low:
+                raise ConfigError(f"schedule.{name}.{key}={getattr(options, key)} is out of range; must be >= {low}")
+        problem = options.check() if hasattr(options, "check") else None
+        if problem:
+            raise ConfigError(problem)
+    selected = schedule_class(cfg.schedule.name)
+    problem = selected.check_config(cfg, getattr(cfg.schedule, cfg.schedule.name))
+    if problem:
+        raise ConfigError(problem)
+
+
+def schedule_options(cfg: Config):
+    """The selected schedule's config section (cfg.schedule.<name>)."""
+    return getattr(cfg.schedule, cfg.schedule.name)
 
 
 def to_yaml(cfg: Config) -> str:

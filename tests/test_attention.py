@@ -140,7 +140,8 @@ def test_flash_missing_falls_back(monkeypatch):
         assert torch.equal(attention(q, k, v, backend="flash"), attention(q, k, v))
 
 
-def test_registry_imports_nothing_heavy():
+def test_registry_lists_the_backends_and_sdpa_runs_here():
+    """(What importing the registry loads is checked in test_imports.py, in a fresh interpreter.)"""
     assert set(attn_mod.BACKENDS) >= {"sdpa", "flash"}
     assert attn_mod.available_backends()["sdpa"] == "yes"
 
@@ -162,3 +163,41 @@ def test_flash_vs_sdpa_bf16_cuda():
         got = attention(q, kk, vv, mask=mask, backend="flash")
         want = attention(q, kk, vv, mask=mask, backend="sdpa")
         torch.testing.assert_close(got.float(), want.float(), atol=1.5e-2, rtol=1e-2)
+
+
+def test_model_sends_call_metadata_to_the_backend(monkeypatch):
+    """A registered backend receives, for every layer, self- and cross-attention with the token
+    grid, the layer index and the step; the model runs through the block loop with that backend."""
+    from framecast.engine.denoise import Denoiser
+    from framecast.models.attention import AttentionCall, Backend
+    from framecast.models.wan import WanModel
+
+    calls = []
+
+    def recording(q, k, v, *, mask=None, scale=None, meta=None):
+        calls.append(meta)
+        return sdpa_attention(q, k, v, mask=mask, scale=scale)
+
+    fake = types.ModuleType("fake_recording_backend")
+    fake.recording = recording
+    monkeypatch.setitem(sys.modules, "fake_recording_backend", fake)
+    monkeypatch.setitem(attn_mod.BACKENDS, "recording", Backend(
+        "recording", "fake_recording_backend:recording", "framecast.models.attention:_always", "test"))
+
+    torch.manual_seed(0)
+    model = WanModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=3,
+                     out_channels=3, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3).eval()
+    text = torch.randn(1, 5, 16)
+    lat = torch.randn(1, 3, 2, 8, 6)
+    sdpa_den = Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"))
+    den = Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"), attn_backend="recording")
+    out = den(lat, 500.0, step=2)
+    assert calls == [AttentionCall(grid=(2, 4, 3), layer=i, step=2, kind=kind)
+                     for i in range(3) for kind in ("self", "cross")]
+    assert torch.equal(out, sdpa_den(lat, 500.0))  # the recorder computes what sdpa does
+
+    calls.clear()
+    model(lat, torch.tensor([500.0]), text)  # a plain forward: the default backend, sdpa
+    assert calls == []
+    with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
+        Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"), attn_backend="nope")

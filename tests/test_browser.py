@@ -1,16 +1,15 @@
 """A real headless Chromium plays the shipped tiny-play model through `framecast serve`'s page:
 it holds an arrow key, frames arrive, and the white player moves that way (world metrics).
 
-Chromium is Debian's (`apt-get install chromium`; this test installs it when it runs as root and
-it is missing), driven by Playwright for Python with that executable — Playwright's own browser
-download does not work offline. Server and browser talk over 127.0.0.1 only.
+Chromium is Debian's (`apt-get install chromium`; `.ci/run` installs it before the tests when it
+runs as root; the tests only look for it and skip without it), driven by Playwright for Python
+with that executable — Playwright's own browser download does not work offline. Server and browser
+talk over 127.0.0.1 only.
 """
 import base64
 import io
-import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 
@@ -21,18 +20,13 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _chromium() -> str:
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The system Chromium's executable; first, so a machine without it skips before a server starts."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("Debian chromium is not installed and this user cannot apt-get install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True, timeout=900,
-                   env=env)
-    path = shutil.which("chromium")
-    assert path, "apt-get install chromium succeeded but no chromium on PATH"
+    if not path:
+        pytest.skip("no chromium on PATH: install Debian's with `apt-get update && apt-get install -y chromium` "
+                    "(.ci/run does this when it runs as root)")
     return path
 
 
@@ -64,10 +58,9 @@ def server_url():
 
 
 @pytest.fixture(scope="module")
-def page(server_url):
+def page(chromium, server_url):
     from playwright.sync_api import sync_playwright
 
-    chromium = _chromium()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         context = browser.new_context()

@@ -114,6 +114,64 @@ def test_unwritable_output_dir(tmp_path, capsys):
     assert rc == 2 and "writable" in err
 
 
+def _access_as_owner(monkeypatch, under):
+    """`os.access` for paths below `under` answers from the owner's mode bits, as it does for an
+    unprivileged owner (root's access() ignores them); every other path is asked as usual."""
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        full = os.path.abspath(path)
+        if full != str(under) and not full.startswith(str(under) + os.sep):
+            return real(path, mode, *args, **kwargs)
+        try:
+            st_mode = os.stat(full).st_mode
+        except OSError:
+            return False
+        need = [(os.R_OK, stat.S_IRUSR), (os.W_OK, stat.S_IWUSR), (os.X_OK, stat.S_IXUSR)]
+        return all(st_mode & bit for flag, bit in need if mode & flag)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_unwritable_output_dir_as_any_user(tmp_path, capsys, monkeypatch):
+    """The twin of test_unwritable_output_dir that also runs as root: the folder's mode bits say
+    read-only and access() is asked as the owner would be."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    _access_as_owner(monkeypatch, tmp_path)
+    try:
+        for out in (str(locked / "v.mp4"), f"{locked}/frames/"):
+            rc, stdout, err = run(capsys, "generate", PROMPT, "--frames", "2", "--out", out, "--quiet")
+            assert rc == 2 and "writable" in err and str(locked) in err, err
+            assert err.strip().count("\n") == 0 and stdout == "", err
+            assert os.listdir(locked) == []
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_os_refusing_the_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """Permission checks passed but the OS refuses when the frames folder is made (an ACL, a
+    read-only mount, a race): one line naming the folder, exit code 2, nothing left behind."""
+    import errno
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    out = tmp_path / "frames"
+    rc, stdout, err = run(capsys, "generate", PROMPT, "--frames", "2", "--out", f"{out}/", "--quiet",
+                          "sampler.steps=1")
+    assert rc == 2 and "Permission denied" in err and str(out) in err, err
+    assert err.strip().count("\n") == 0 and stdout == "", err
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_output_dir(tmp_path, capsys):
     rc, _, err = run(capsys, "generate", PROMPT, "--frames", "2", "--out", str(tmp_path / "no" / "v.mp4"), "--quiet")
     assert rc == 2 and err.strip().count("\n") == 0

@@ -154,3 +154,64 @@ def test_killed_worker_stops_run_and_resume_finishes_identically(tmp_path, launc
     assert torch.equal(torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "full.pt"))
     assert np.array_equal(read_video(out), read_video(full))
     assert not record.exists() and not partial.exists()
+
+
+# ---- workers live as long as the Engine -----------------------------------------------------------
+
+ENGINE_OVERRIDES = ["schedule.name=dualparal", "schedule.dualparal.block_frames=4", "schedule.dualparal.context_frames=2",
+                    "sampler.steps=3", "sampler.guidance_scale=3.0"]
+
+
+def test_ray_engine_keeps_its_workers_across_requests(reference, tmp_path, ray_cluster):
+    """Two requests on one Engine run on the same actors (weights loaded once), each equal to W=1;
+    close() releases the actors and a later request starts fresh ones."""
+    from framecast import Engine
+
+    engine = Engine.from_preset("tiny", ENGINE_OVERRIDES + [
+        "parallel.launcher=ray", "parallel.workers=2", f"parallel.ray_address={ray_cluster.address}"])
+    with engine:
+        engine.generate(PROMPT, frames=14, seed=5, out=f"{tmp_path}/a/", latents_out=tmp_path / "a.pt")
+        (executor,) = [p for k, p in engine._parts.items() if isinstance(k, tuple) and k[0] == "executor"]
+        first = [n["pid"] for n in executor.nodes]
+        engine.generate(PROMPT, frames=14, seed=5, out=f"{tmp_path}/b/", latents_out=tmp_path / "b.pt")
+        (again,) = [p for k, p in engine._parts.items() if isinstance(k, tuple) and k[0] == "executor"]
+        assert again is executor and [n["pid"] for n in again.nodes] == first
+    assert not any(isinstance(k, tuple) and k[0] == "executor" for k in engine._parts)
+    for name in ("a", "b"):
+        assert (latents(tmp_path, name) - latents(reference, "w1")).abs().max().item() <= 1e-5
+
+
+TWO_REQUESTS = """
+import sys, torch, torch.distributed as dist
+from framecast.parallel.torchrun_executor import broadcast, follow
+dist.init_process_group("gloo")
+if dist.get_rank() != 0:
+    follow()
+    dist.destroy_process_group()
+    sys.exit(0)
+from framecast import Engine
+out = sys.argv[1]
+engine = Engine.from_preset("tiny", %r + ["parallel.launcher=torchrun", "parallel.workers=2"])
+with engine:
+    for name in ("a", "b"):
+        engine.generate(%r, frames=14, seed=5, out=f"{out}/{name}/", latents_out=f"{out}/{name}.pt")
+broadcast(("exit", ()))
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_engine_keeps_its_workers_across_requests(reference, tmp_path):
+    """Under torchrun the followers keep one worker across two requests of one Engine: the
+    workers are built once (one start-up line) and both videos equal W=1."""
+    from framecast.parallel.torchrun_executor import free_port
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_REQUESTS % (ENGINE_OVERRIDES, PROMPT))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("framecast: torchrun: 2 workers") == 1, proc.stderr[-3000:]
+    for name in ("a", "b"):
+        assert (latents(tmp_path, name) - latents(reference, "w1")).abs().max().item() <= 1e-5

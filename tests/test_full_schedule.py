@@ -1,4 +1,4 @@
-"""The full schedule with lead frames (schedule.lead_frames): the first L latent frames are denoised
+"""The full schedule with lead frames (schedule.full.lead_frames): the first L latent frames are denoised
 first with the rest held at pure noise, then the rest with them clean."""
 import numpy as np
 import pytest
@@ -70,9 +70,9 @@ def test_engine_generates_with_lead_frames(tmp_path):
     from framecast.engine.video_io import read_video
 
     overrides = ["model.weights=", "sampler.steps=2", "schedule.name=full"]
-    a = Engine.from_preset("tiny", overrides + ["schedule.lead_frames=1"]).generate(
+    a = Engine.from_preset("tiny", overrides + ["schedule.full.lead_frames=1"]).generate(
         "a red circle moving right", frames=6, seed=3, out=f"{tmp_path}/a/")
-    b = Engine.from_preset("tiny", overrides + ["schedule.lead_frames=0"]).generate(
+    b = Engine.from_preset("tiny", overrides + ["schedule.full.lead_frames=0"]).generate(
         "a red circle moving right", frames=6, seed=3, out=f"{tmp_path}/b/")
     va, vb = read_video(a), read_video(b)
     assert va.shape == vb.shape == (6, 32, 32, 3) and not np.array_equal(va, vb)

@@ -9,6 +9,7 @@ import torch
 from framecast.engine.causal_cache import CausalKVCache
 from framecast.engine.denoise import Denoiser
 from framecast.models.attention import BlockCausal
+from framecast.models.conditioning import Conditioning
 from framecast.models.wan import WanModel
 from framecast.schedulers.flow import make_sampler
 from framecast.schedulers.nfd import NfdRollout, forward_on_cache, frame_noise, nfd_plan
@@ -69,7 +70,7 @@ def test_frame_by_frame_with_cache_equals_block_causal_clip():
     actions = torch.randint(0, 5, (1, F), generator=g)
     text = torch.randn(1, 3, 16, generator=g)
     with torch.no_grad():
-        x, ctx = model.embed(lat, t, text, actions)
+        x, ctx = model.embed(lat, t, Conditioning(text, actions))
         ctx.mask = BlockCausal(frame_tokens=ctx.grid[1] * ctx.grid[2])
         for block in model.blocks:
             x = block(x, ctx)
@@ -105,7 +106,7 @@ def test_window_uses_local_positions():
             cache.commit(hook, frames=1)
             assert cache.held_frames == min(f + 1, w) and cache.window_frames == min(f + 1, w)
             s = max(0, f - w)
-            x, ctx = model.embed(lat[:, :, s:f + 1], t[:, s:f + 1], text, actions[:, s:f + 1])
+            x, ctx = model.embed(lat[:, :, s:f + 1], t[:, s:f + 1], Conditioning(text, actions[:, s:f + 1]))
             ctx.mask = BlockCausal(frame_tokens=4)
             for block in model.blocks:
                 x = block(x, ctx)
@@ -289,12 +290,15 @@ def test_context_noise_changes_context_only():
 
 SMALL = ["model.num_layers=1", "model.num_attention_heads=2", "model.attention_head_dim=16", "model.ffn_dim=32",
          "model.text_dim=16", "model.freq_dim=16", "video.height=16", "video.width=16", "sampler.steps=2",
-         "schedule.first_frame=generate", "model.weights="]  # world scenes are 32 or 64 px; random weights
+         "schedule.nfd.first_frame=generate", "model.weights="]  # world scenes are 32 or 64 px; random weights
 
 
 def test_play_writes_requested_frames(tmp_path, capsys):
     from framecast.engine.video_io import read_video, video_info
-    from framecast.launch.play import main
+    from framecast.launch.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["play", *argv])
 
     out = tmp_path / "play"
     assert main(["--actions", "none,right*3,up", "--frames", "7", "--out", f"{out}/", "--quiet",
@@ -308,7 +312,10 @@ def test_play_writes_requested_frames(tmp_path, capsys):
 
 
 def test_play_bad_action_is_one_line(tmp_path, capsys):
-    from framecast.launch.play import main
+    from framecast.launch.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["play", *argv])
     from framecast.world.captions import ACTIONS
 
     out = tmp_path / "x.mp4"
@@ -351,7 +358,7 @@ def test_engine_streams_nfd_with_actions():
     with pytest.raises(ValueError, match="actions: 1 given for 2 frames"):
         engine.stream("", frames=2, actions=["none"])
     text = Engine.from_preset("tiny", ["schedule.name=full"])
-    with pytest.raises(ValueError, match="schedule.name=nfd only"):
+    with pytest.raises(ValueError, match="actions are taken by schedules with actions"):
         text.stream("a red circle moving right", frames=2, actions=["none", "up"])
 
 
@@ -376,7 +383,7 @@ def test_world_start_frame_is_frame_zero_and_context():
     from framecast.engine.engine import Engine
     from framecast.world.scenes import sample_play_clip
 
-    engine = Engine.from_preset("tiny-play", SMALL + ["video.height=32", "video.width=32", "schedule.first_frame=world"])
+    engine = Engine.from_preset("tiny-play", SMALL + ["video.height=32", "video.width=32", "schedule.nfd.first_frame=world"])
     frames = list(engine.stream("", frames=3, seed=6, actions=["none", "right", "right"]))
     assert np.array_equal(frames[0], sample_play_clip(6, 1, size=32).frames[0])
     generated = list(Engine.from_preset("tiny-play", SMALL + ["video.height=32", "video.width=32"]).stream("", frames=3, seed=6,

@@ -281,12 +281,12 @@ def test_shipped_tiny_play_weights_beat_random():
     assert trained["colour_identity"] > random["colour_identity"] + 0.25, (trained, random)
     assert trained["action_follow"] > random["action_follow"] + 0.5, (trained, random)
     # trained with joint drafts (train --draft-prob): two-frame speculation keeps the player moving
-    drafted = _play_scores(["model.weights=builtin:tiny-play", "schedule.speculate=2"])
+    drafted = _play_scores(["model.weights=builtin:tiny-play", "schedule.nfd.speculate=2"])
     assert drafted["action_follow"] > random["action_follow"] + 0.5, (drafted, random)
 
 
 def test_train_cli_rejects_bad_play_options_before_any_output(tmp_path, capsys):
-    from framecast.world.train import main
+    from framecast.launch.cli import main  # what `python -m framecast train` runs
 
     for argv, message in ((["--play", "--preset", "tiny-play", "--draft-prob", "2"], "--draft-prob must be in [0, 1]"),
                           (["--draft-prob", "0.5"], "are for play models; add --play"),
@@ -296,7 +296,18 @@ def test_train_cli_rejects_bad_play_options_before_any_output(tmp_path, capsys):
                           (["--frames", "4", "6", "--batch", "2"],
                            "--batch needs one value per --frames value: got --frames 4 6 and --batch 2")):
         out = tmp_path / "run"
-        assert main(["--out", str(out), "--steps", "1", *argv]) == 2
+        assert main(["train", "--out", str(out), "--steps", "1", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_python_m_framecast_train_is_the_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "framecast", "train", "--out", str(out), "--steps", "1",
+                           "--logit-std", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--logit-std must be > 0" in proc.stderr, proc.stderr
+    assert not out.exists()

@@ -1,5 +1,6 @@
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -218,6 +219,55 @@ def test_read_only_parent_refused(tmp_path):
             open_video_writer(ro / "v.mp4")
     finally:
         ro.chmod(0o700)
+
+
+def test_read_only_parent_refused_as_any_user(tmp_path, monkeypatch):
+    """The twin of test_read_only_parent_refused that also runs as root: the same 0o500 folder, with
+    access() answered from its owner's mode bits as for an unprivileged owner (root's ignores them)."""
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        full = os.path.abspath(path)
+        if full != str(tmp_path) and not full.startswith(str(tmp_path) + os.sep):
+            return real(path, mode, *args, **kwargs)
+        try:
+            st_mode = os.stat(full).st_mode
+        except OSError:
+            return False
+        need = [(os.R_OK, stat.S_IRUSR), (os.W_OK, stat.S_IWUSR), (os.X_OK, stat.S_IXUSR)]
+        return all(st_mode & bit for flag, bit in need if mode & flag)
+
+    monkeypatch.setattr(video_io.os, "access", access)
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    try:
+        for target in (ro / "v.mp4", f"{ro}/png/"):
+            with pytest.raises(PermissionError, match="not writable") as e:
+                open_video_writer(target)
+            assert str(ro) in str(e.value) and "\n" not in str(e.value)
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_os_refusing_the_png_folder_leaves_nothing(tmp_path, monkeypatch):
+    """The checks pass but the OS refuses when the PNG folder is made (an ACL, a read-only mount, a
+    race): PermissionError naming the folder, nothing left behind; runs as root too."""
+    import errno
+
+    real_mkdir = video_io.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(video_io.Path, "mkdir", mkdir)
+    with pytest.raises(PermissionError) as e:
+        with open_video_writer(f"{tmp_path}/png/") as w:
+            w.write(frames(2))
+    assert str(tmp_path / "png") in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("fps", [0, -1, "8", float("nan"), float("inf"), True, None])

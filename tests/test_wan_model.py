@@ -11,6 +11,7 @@ from diffusers import WanTransformer3DModel  # noqa: E402
 from diffusers.models.embeddings import get_timestep_embedding  # noqa: E402
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed  # noqa: E402
 
+from framecast.models.conditioning import Conditioning  # noqa: E402
 from framecast.models.layers import apply_rope, rope_table, timestep_embedding  # noqa: E402
 from framecast.models.wan import WanModel  # noqa: E402
 
@@ -162,6 +163,10 @@ def test_config_roundtrip_and_layer_ids(models):
     assert [blk.layer_id for blk in ours.blocks] == [0, 1]
 
 
+def _embed(model, lat, t, text):
+    return model.embed(lat, t, Conditioning(text))
+
+
 def _run_blocks(ours, x, ctx):
     for block in ours.blocks:
         x = block(x, ctx)
@@ -171,7 +176,7 @@ def _run_blocks(ours, x, ctx):
 def test_embed_blocks_head_is_forward(models, inputs):
     _, ours = models
     with torch.no_grad():
-        x, ctx = ours.embed(*inputs)
+        x, ctx = _embed(ours, *inputs)
         assert x.shape == (B, F * HW, 24) and ctx.grid == GRID
         assert ctx.mod_BF6D.shape == (B, F, 6, 24) and ctx.temb_BFD.shape == (B, F, 24)
         assert ctx.rope_q[0].shape == (F * HW, 6)
@@ -204,7 +209,7 @@ class AppendHook:
 def test_kv_hook(models, inputs):
     _, ours = models
     with torch.no_grad():
-        x, ctx = ours.embed(*inputs)
+        x, ctx = _embed(ours, *inputs)
         plain = _run_blocks(ours, x, ctx)
 
         hook = IdentityHook()

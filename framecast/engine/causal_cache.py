@@ -3,7 +3,7 @@
 A pass over the current frames attends to [window | current]: the model calls
 `hook.extend(layer_id, k, v)` after q/k norm and head split and BEFORE RoPE, so the cache holds
 un-roped keys and the caller ropes the whole key sequence with window-local positions
-0 .. window_frames + current − 1 (`model.rope_table`). Positions therefore never grow with the
+0 .. window_frames + current − 1 (`model.place`). Positions therefore never grow with the
 rollout: frame 5,000 sees the same position range as frame 40 ("relativistic RoPE", FastVideo
 PR #1454; the unbounded-RoPE crash is Causal-Forcing #2). Spec: shared/methods/nfd-vin-streaming.md
 §2.3, §7.1.

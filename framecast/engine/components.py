@@ -97,11 +97,11 @@ def apply_checkpoint_config(cfg: Config, info: dict, keep_sampler: set[str]) -> 
 
 
 def _random_model(cfg: Config):
-    from framecast.models.wan import WanModel
+    from framecast.models.registry import model_class
 
     with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
         torch.manual_seed(cfg.model.init_seed)
-        return WanModel(**model_kwargs(cfg))
+        return model_class(cfg.model.kind)(**model_kwargs(cfg))
 
 
 def load_builtin(name: str, cfg: Config):
@@ -115,12 +115,12 @@ def load_builtin(name: str, cfg: Config):
 
 
 def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
-    """(WanModel, BuiltinTextEncoder) from a world weights file (`framecast train`'s
-    weights.safetensors layout: keys `transformer.*` and `text_encoder.*`)."""
+    """(model of the model.kind family, BuiltinTextEncoder) from a world weights file (`framecast
+    train`'s weights.safetensors layout: keys `transformer.*` and `text_encoder.*`)."""
     from safetensors.torch import load_file
 
     from framecast.engine.text import BuiltinTextEncoder
-    from framecast.models.wan import WanModel
+    from framecast.models.registry import model_class
 
     what = what or f"weights {str(path)!r}"
     sd = load_file(str(path))
@@ -128,7 +128,7 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
     if blocks and len(blocks) != cfg.model.num_layers:
         raise CheckpointError(f"{what} have {len(blocks)} transformer blocks but model.num_layers="
                               f"{cfg.model.num_layers}: use model.num_layers={len(blocks)}")
-    model = WanModel(**model_kwargs(cfg))
+    model = model_class(cfg.model.kind)(**model_kwargs(cfg))
     text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
     for prefix, module in (("transformer.", model), ("text_encoder.", text)):
         part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

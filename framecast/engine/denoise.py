@@ -2,6 +2,8 @@
 
 Classifier-free guidance runs both branches in ONE batch (cond first, uncond second) and combines
 them as diffusers does: uncond + g * (cond - uncond). CFG is on when g > 1 (diffusers' rule).
+The model runs through the one block loop (`framecast.models.blocks.run_model`) with the
+configured attention backend, so every schedule honours `model.attn_backend`.
 Shape legend: B batch, C channels, F latent frames, H/W latent height/width, S text tokens, D width.
 """
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from framecast.models.attention import check_backend
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
 
 
 def guided(guidance: float) -> bool:
@@ -29,8 +35,10 @@ def combine_cfg(out_BCFHW: torch.Tensor, guidance: float) -> torch.Tensor:
 
 class Denoiser:
     def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, attn_backend: str = "sdpa"):
+        check_backend(attn_backend)  # an unknown name fails here, before any model work
         self.model, self.guidance, self.dtype, self.device = model, guidance, dtype, device
+        self.attn_backend = attn_backend
         self.cfg = guided(guidance) and uncond_1SD is not None
         text = torch.cat([cond_1SD, uncond_1SD]) if self.cfg else cond_1SD
         self.text_BSD = text.to(device=device, dtype=dtype)
@@ -51,6 +59,9 @@ class Denoiser:
         return combine_cfg(out_BCFHW, self.guidance) if self.cfg else out_BCFHW
 
     @torch.no_grad()
-    def __call__(self, lat_1CFHW: torch.Tensor, t) -> torch.Tensor:
+    def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None) -> torch.Tensor:
+        """Guided prediction for latents [1, C, F, H, W] at `t` (scalar or [F]); `step` (the
+        sampler step index, if known) reaches the attention backend's per-call metadata."""
         x, t, text = self.inputs(lat_1CFHW, t)
-        return self.combine(self.model(x, t, text))
+        out = run_model(self.model, x, t, Conditioning(text), attn_backend=self.attn_backend, step=step)
+        return self.combine(out)

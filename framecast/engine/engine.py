@@ -8,7 +8,10 @@
         ...
 
 The request is validated and the output path checked before any model work; weights load on
-first use. With `seed=S` the initial latents are `torch.randn(shape, generator=
+first use. The configured schedule (`schedule.name`, framecast/schedulers/registry.py) makes the
+finished latents; the Engine decodes and writes them the same way for every schedule. Workers
+that a schedule asks for (`executor`) live, with their weights, until `close()` (or the end of a
+`with Engine... as engine:` block). With `seed=S` the initial latents are `torch.randn(shape, generator=
 torch.Generator("cpu").manual_seed(S))`, exactly those of diffusers' WanPipeline.
 """
 from __future__ import annotations
@@ -82,57 +85,88 @@ class Engine:
         from framecast.engine.components import DTYPES
         return DTYPES[self.cfg.model.dtype]
 
+    @property
+    def schedule(self):
+        """The configured schedule (`schedule.name`, found in framecast.schedulers.registry)."""
+        if "schedule" not in self._parts:
+            from framecast.schedulers.registry import schedule_class
+
+            cls = schedule_class(self.cfg.schedule.name)
+            self._parts["schedule"] = cls(self, getattr(self.cfg.schedule, cls.name))
+        return self._parts["schedule"]
+
     def request(self, prompt, **kwargs) -> Request:
-        # NFD play models are trained on the empty prompt: only that schedule accepts "".
-        kwargs.setdefault("allow_empty_prompt", self.cfg.schedule.name == "nfd")
+        # Action models (NFD play) are trained on the empty prompt: only their schedules accept "".
+        kwargs.setdefault("allow_empty_prompt", self.schedule.allows_empty_prompt)
         return make_request(self.cfg, prompt, **kwargs)
 
     def play_session(self, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None,
                      speculate: Optional[int] = None, start: Optional[np.ndarray] = None):
         """An interactive NFD rollout (`PlaySession.push(action) -> uint8 [H, W, 3]`). `total`: frames
         the caller will ask for, if known (drafts never run past it); `speculate`: draft length
-        (default schedule.speculate); `start`: uint8 [H, W, 3] frame 0 (default per
-        schedule.first_frame)."""
+        (default schedule.nfd.speculate); `start`: uint8 [H, W, 3] frame 0 (default per
+        schedule.nfd.first_frame)."""
         from framecast.engine.play_session import PlaySession
 
         return PlaySession(self, prompt, seed, total, speculate, start)
+
+    # --------------------------------------------------------------------------------- workers
+    def executor(self, worker: str, dims):
+        """The executor running `worker` (an import string) on the layout `dims` (ParallelDims) with
+        parallel.launcher; started on first use and kept, with its workers and their weights, until
+        `close()` (or `drop_executor`)."""
+        key = ("executor", worker, dims)
+        if key not in self._parts:
+            from framecast.parallel.executors import make_executor
+
+            self._parts[key] = make_executor(self.cfg, self.checkpoint, worker, dims)
+        return self._parts[key]
+
+    def drop_executor(self, worker: str) -> None:
+        """Shut down the executors of `worker` (a run that failed mid-call may leave messages in flight)."""
+        for key in [k for k in self._parts if isinstance(k, tuple) and k[:2] == ("executor", worker)]:
+            self._parts.pop(key).shutdown()
+
+    def close(self) -> None:
+        """Release the workers (processes, actors, their weights); the engine can still be used and
+        starts them again when needed."""
+        for key in [k for k in self._parts if isinstance(k, tuple) and k[0] == "executor"]:
+            self._parts.pop(key).shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ----------------------------------------------------------------------------------- stream
     def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                seed: Optional[int] = None, negative_prompt: Optional[str] = None,
                actions: Optional[Sequence] = None, progress: bool = False) -> Iterator[np.ndarray]:
         """Yield uint8 frames [H, W, 3] as they are decoded, for every schedule. `actions`
-        (schedule.name=nfd only): one action per frame (names in `world.captions.ACTIONS` or ids);
-        default "none" throughout."""
+        (schedules with actions, e.g. nfd): one action per frame (names in
+        `world.captions.ACTIONS` or ids); default "none" throughout."""
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
+        ids = self._check(req, actions)
+        return self._stream(req, progress, ids)
+
+    def _check(self, req: Request, actions: Optional[Sequence]) -> Optional[list[int]]:
+        """Everything about a request that can fail before any model work; the action ids."""
         self.check_prompt(req)
-        ids = self._actions(req, actions)
-        return self._stream(req, progress, actions=ids)
+        ids = None
+        if actions is not None:
+            from framecast.engine.play_session import action_id
 
-    def _actions(self, req: Request, actions: Optional[Sequence]) -> Optional[list[int]]:
-        """Validated action ids for an NFD request (None for the other schedules)."""
-        from framecast.engine.play_session import action_id
-
-        if self.cfg.schedule.name != "nfd":
-            if actions is not None:
-                raise ValueError(f"actions are taken by schedule.name=nfd only, not {self.cfg.schedule.name!r}")
-            return None
-        if actions is None:
-            return [0] * req.frames
-        ids = [action_id(a) for a in actions]
-        if len(ids) != req.frames:
-            raise ValueError(f"actions: {len(ids)} given for {req.frames} frames; give one per frame")
+            ids = [action_id(a) for a in actions]
+        self.schedule.check(req, ids)
         return ids
 
-    def _stream(self, req: Request, progress: bool, record=None, sink=None,
-                actions: Optional[list[int]] = None) -> Iterator[np.ndarray]:
+    def _stream(self, req: Request, progress: bool, actions: Optional[list[int]], record=None,
+                sink=None) -> Iterator[np.ndarray]:
         from framecast.engine.video_io import to_uint8
 
-        if self.cfg.schedule.name == "nfd":
-            yield from self._nfd(req, actions, progress)
-            return
         decoder = self.vae.decoder()
-        for lat in self._latent_blocks(req, progress, record):
+        for lat in self.schedule.latents(req, actions, progress, record):
             if sink is not None:
                 sink.append(lat.float().cpu())
             video = decoder.decode(lat)[0]  # (3, f, H, W)
@@ -154,58 +188,12 @@ class Engine:
         g = self.cfg.sampler.guidance_scale
         text = self.text.encode(cfg_prompts(prompt, negative_prompt, g))
         uncond = text[1:] if len(text) > 1 else None
-        return Denoiser(self.model, text[:1], uncond, g, self.dtype, self.device)
+        return Denoiser(self.model, text[:1], uncond, g, self.dtype, self.device,
+                        attn_backend=self.cfg.model.attn_backend)
 
     def initial_latents(self, req: Request) -> torch.Tensor:
         shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)
         return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
-
-    def _latent_blocks(self, req: Request, progress: bool, record=None) -> Iterator[torch.Tensor]:
-        """Finished latents [1, C, f, h, w], oldest first, as the schedule releases them."""
-        name = self.cfg.schedule.name
-        if name == "full":
-            yield from self._full(req, progress)
-        elif name == "rollout":
-            yield from self._rollout(req, progress)
-        else:
-            from framecast.launch.executors import run_schedule
-
-            yield from run_schedule(self, req, progress, record)
-
-    def _nfd(self, req: Request, actions: list[int], progress: bool) -> Iterator[np.ndarray]:
-        session = self.play_session(req.prompt, req.seed, total=req.frames)
-        try:
-            with tqdm(total=req.frames, desc="nfd", unit="frame", disable=not progress) as bar:
-                for a in actions:
-                    yield session.push(a)
-                    bar.update()
-        finally:
-            session.close()
-
-    def _full(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
-        from framecast.schedulers.full import denoise_full, passes
-
-        denoise = self.denoiser(req.prompt, req.negative_prompt)
-        lat = self.initial_latents(req).to(self.device)
-        lead = self.cfg.schedule.lead_frames
-        total = passes(lat.shape[2], lead) * self.cfg.sampler.steps
-        with tqdm(total=total, desc="denoise", unit="step", disable=not progress) as bar:
-            lat = denoise_full(denoise, lat, self.make_sampler, on_step=lambda i: bar.update(), lead_frames=lead)
-        for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
-            yield lat[:, :, f:f + 1]
-
-    def _rollout(self, req: Request, progress: bool) -> Iterator[torch.Tensor]:
-        from framecast.schedulers.rollout import chunks, rollout
-
-        s = self.cfg.schedule
-        denoise = self.denoiser(req.prompt, req.negative_prompt)
-        lat = self.initial_latents(req).to(self.device)
-        total = len(chunks(lat.shape[2], s.chunk_frames, s.lead_frames)) * self.cfg.sampler.steps
-        with tqdm(total=total, desc="denoise", unit="step", disable=not progress) as bar:
-            for done in rollout(denoise, lat, self.make_sampler, s.chunk_frames, s.chunk_context,
-                                on_step=lambda i: bar.update(), lead_frames=s.lead_frames):
-                for f in range(done.shape[2]):  # each chunk leaves as soon as it is finished
-                    yield done[:, :, f:f + 1]
 
     # --------------------------------------------------------------------------------- generate
     def generate(self, prompt, *, out: str | os.PathLike, frames: Optional[int] = None,
@@ -215,31 +203,29 @@ class Engine:
                  latents_out: str | os.PathLike | None = None, actions: Optional[Sequence] = None) -> Path:
         """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path.
         `latents_out`: also save the final latents [1, C, F, h, w] there (torch.save; for checks —
-        it holds the whole video's latents in memory). `actions`: as in `stream` (nfd only)."""
+        it holds the whole video's latents in memory). `actions`: as in `stream`."""
         from framecast.engine.video_io import open_video_writer
 
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         self.last_request = req
-        self.check_prompt(req)
-        ids = self._actions(req, actions)
-        if latents_out is not None and ids is not None:
-            raise ValueError("latents_out is not available for schedule.name=nfd (frames leave the rollout as pixels)")
+        ids = self._check(req, actions)
         record = None
-        if self.cfg.schedule.name == "dualparal":
-            from framecast.launch.resume import ResumeRecord
+        if self.schedule.resumable:
+            from framecast.engine.resume import ResumeRecord
 
             record = ResumeRecord.for_request(self, req, out)
             if resume:
                 record.check()
         elif resume:
-            raise ValueError("--resume needs schedule.name=dualparal (the full schedule has no resume points)")
+            raise ValueError(f"--resume needs a schedule with resume points (dualparal), not "
+                             f"schedule.name={self.cfg.schedule.name!r}")
         writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume)
         if record is not None and not resume:
             record.create()
         sink = [] if latents_out is not None else None
         try:
             with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
-                for frame in self._stream(req, progress, record, sink, ids):
+                for frame in self._stream(req, progress, ids, record, sink):
                     writer.write(frame)
                     bar.update()
         except BaseException:

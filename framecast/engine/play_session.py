@@ -7,11 +7,11 @@
 
 The CLI (`framecast play`), `Engine.stream` with schedule.name=nfd and the server's play socket
 all go through this class, so they make the same frames for the same actions and seed. Settings
-come from cfg.schedule (window, context_sigma, speculate, draft_mode, first_frame, fuse_commit);
+come from cfg.schedule.nfd (window, context_sigma, speculate, draft_mode, first_frame, fuse_commit);
 speculate=1 is plain NFD (each push denoises and commits exactly one frame).
 
 Start frame: world models usually start from a real frame (Oasis, GameNGen, Matrix-Game are
-image-conditioned). With schedule.first_frame=world (the tiny-play preset) or an explicit
+image-conditioned). With schedule.nfd.first_frame=world (the tiny-play preset) or an explicit
 `start` frame, frame 0 is that frame — committed to the cache, not generated — and the model
 generates every later frame from it; with "generate" the model also makes frame 0 from noise.
 """
@@ -46,7 +46,7 @@ class PlaySession:
         from framecast.schedulers.speculative import SpeculativeRollout
 
         cfg = engine.cfg
-        sc = cfg.schedule
+        sc = cfg.schedule.nfd
         req = engine.request(prompt, frames=1, seed=seed, allow_empty_prompt=True)  # sizes, seed checks
         engine.check_prompt(req)  # unknown words are named before any work
         self.engine, self.seed = engine, req.seed
@@ -62,7 +62,7 @@ class PlaySession:
         k = sc.speculate if speculate is None else speculate  # a server's per-session choice
         self.speculative = SpeculativeRollout(self.rollout, k, sc.draft_mode, total=total)
         self._stats = self.speculative.stats
-        self.decoder = engine.vae.decoder()
+        self.decoder = None  # built on the first decoded push (the nfd schedule decodes in the Engine)
         self._start = self._start_latents(cfg, req, start)
         self.frames = 0
         self.model_s = 0.0  # seconds inside the model (denoising, commits, drafts), for loop-only FPS
@@ -77,6 +77,16 @@ class PlaySession:
         """The next frame (uint8 [H, W, 3]) under the real `action`."""
         from framecast.engine.video_io import to_uint8
 
+        lat = self.push_latents(action)
+        t1 = time.perf_counter()
+        if self.decoder is None:
+            self.decoder = self.engine.vae.decoder()
+        frame = to_uint8(self.decoder.decode(lat)[0])[0]
+        self.decode_s += time.perf_counter() - t1
+        return frame
+
+    def push_latents(self, action: Action = "none") -> torch.Tensor:
+        """The next frame's latents [1, C, 1, h, w] under the real `action` (not decoded)."""
         if self.speculative is None:
             raise RuntimeError("push on a closed PlaySession")
         a = action_id(action)
@@ -90,27 +100,24 @@ class PlaySession:
             lat = self.speculative.push(a)
         if self.engine.device.type == "cuda":
             torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        frame = to_uint8(self.decoder.decode(lat)[0])[0]
-        self.decode_s += time.perf_counter() - t1
-        self.model_s += t1 - t0
+        self.model_s += time.perf_counter() - t0
         self.frames += 1
-        return frame
+        return lat
 
     def _start_latents(self, cfg, req, start: Optional[np.ndarray]) -> Optional[torch.Tensor]:
         """Latents [1, C, 1, h, w] of the start frame: `start` (uint8 [H, W, 3]) if given, else per
-        schedule.first_frame ("world": frame 0 of the built-in world's play scene for this seed;
+        schedule.nfd.first_frame ("world": frame 0 of the built-in world's play scene for this seed;
         "generate": none, the model makes frame 0 too)."""
-        if start is None and cfg.schedule.first_frame == "generate":
+        if start is None and cfg.schedule.nfd.first_frame == "generate":
             return None
         if cfg.vae.kind != "identity":
             raise ValueError(f"a start frame needs a pixel-space model (vae.kind=identity), not vae.kind="
-                             f"{cfg.vae.kind}; use schedule.first_frame=generate")
+                             f"{cfg.vae.kind}; use schedule.nfd.first_frame=generate")
         from framecast.world.scenes import sample_play_clip, to_model_video
 
         if start is None:
             if req.height != req.width:
-                raise ValueError(f"schedule.first_frame=world: world scenes are square, got {req.width}x{req.height}")
+                raise ValueError(f"schedule.nfd.first_frame=world: world scenes are square, got {req.width}x{req.height}")
             start = sample_play_clip(req.seed, 1, size=req.height).frames[0]
         start = np.asarray(start)
         if start.shape != (req.height, req.width, 3) or start.dtype != np.uint8:

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 
 def _add_generate(sub) -> None:
+    from framecast.schedulers.registry import SCHEDULES  # names only: imports no schedule
+
     p = sub.add_parser("generate", help="generate a video from a prompt",
                        description="Generate a video. Trailing KEY=VALUE items override config fields "
                                    "(e.g. sampler.steps=20 video.height=64); see configs/*.yaml.")
@@ -31,7 +33,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
     p.add_argument("--negative-prompt", default=None, help="prompt for the unconditional CFG branch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--schedule", choices=("full", "dualparal", "nfd", "rollout"), default=None,
+    p.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
                    help="full: whole clip at one noise level; dualparal: staggered frame blocks; "
                         "nfd: frame by frame on a KV cache (action models: see `framecast play`); "
                         "rollout: chunk after chunk, each from the finished frames before it")
@@ -55,8 +57,8 @@ def _add_generate(sub) -> None:
 def generate_overrides(args) -> list[str]:
     """Flags are shorthands for config fields; explicit KEY=VALUE items come last and win."""
     flags = {"schedule.name": args.schedule, "parallel.workers": args.workers,
-             "parallel.launcher": args.launcher, "schedule.block_frames": args.block_frames,
-             "schedule.context_frames": args.context_frames, "sampler.steps": args.steps,
+             "parallel.launcher": args.launcher, "schedule.dualparal.block_frames": args.block_frames,
+             "schedule.dualparal.context_frames": args.context_frames, "sampler.steps": args.steps,
              "parallel.ray_address": args.ray_address}
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
@@ -69,10 +71,7 @@ def cmd_generate(args) -> int:
     preset = args.preset or ("wan2.1-t2v-1.3b" if args.checkpoint else "tiny")
     cfg = load_config(preset, overrides)
     if cfg.parallel.launcher == "torchrun" and "LOCAL_RANK" not in os.environ:
-        from framecast.launch.torchrun import spawn  # start the torchrun job ourselves (one node)
-
-        return spawn(["generate", *args.argv], cfg.parallel.workers)
-    engine = Engine(cfg, checkpoint=args.checkpoint, user_overrides=overrides)
+        return spawn_torchrun(["generate", *args.argv], cfg.parallel.workers)  # a one-node job of our own
     start = time.perf_counter()
     kwargs = dict(frames=args.frames, seconds=args.seconds, seed=args.seed,
                   negative_prompt=args.negative_prompt, overwrite=args.overwrite, progress=not args.quiet)
@@ -80,13 +79,28 @@ def cmd_generate(args) -> int:
         kwargs["resume"] = True
     if args.latents_out:
         kwargs["latents_out"] = args.latents_out
-    path = engine.generate(args.prompt, out=args.out, **kwargs)
+    with Engine(cfg, checkpoint=args.checkpoint, user_overrides=overrides) as engine:
+        path = engine.generate(args.prompt, out=args.out, **kwargs)
     wall = time.perf_counter() - start
     req = engine.last_request
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"framecast: wrote {req.frames} frames ({req.seconds:.1f} s at {req.fps} fps, "
           f"{req.width}x{req.height}) in {wall:.1f} s, peak RSS {rss_mb:.0f} MB -> {path}")
     return 0
+
+
+def spawn_torchrun(argv: list[str], workers: int) -> int:
+    """`framecast generate --launcher torchrun` outside torchrun: start a single-node torchrun job
+    on loopback running `framecast.launch.torchrun` with the same arguments."""
+    import subprocess
+
+    from framecast.parallel.torchrun_executor import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={workers}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "framecast.launch.torchrun", *argv]
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_info(args) -> int:

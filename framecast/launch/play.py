@@ -13,9 +13,7 @@ included) separately, as the peers' FPS claims are only comparable that way (spe
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from typing import Optional, Sequence
 
 
 def add_play_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +27,14 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
     parser.add_argument("--speculate", type=int, default=None, metavar="K",
                         help="draft K frames under the current action and keep those the actions confirm "
-                             "(1 = off; default schedule.speculate)")
+                             "(1 = off; default schedule.nfd.speculate)")
     parser.add_argument("--draft-mode", choices=("joint", "sequential"), default=None,
                         help="joint: K drafts in one batched pass per step (NFD; drafts see drafts mid-denoise); "
-                             "sequential: same video as --speculate 1, no compute saved (default schedule.draft_mode)")
+                             "sequential: same video as --speculate 1, no compute saved (default schedule.nfd.draft_mode)")
     parser.add_argument("--window", type=int, default=None,
-                        help="committed frames each frame attends to (default schedule.window)")
+                        help="committed frames each frame attends to (default schedule.nfd.window)")
     parser.add_argument("--context-sigma", type=float, default=None,
-                        help="noise level of committed context frames in [0, 1) (default schedule.context_sigma)")
+                        help="noise level of committed context frames in [0, 1) (default schedule.nfd.context_sigma)")
     parser.add_argument("--prompt", default="", help="text prompt for the model's cross-attention (default empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,12 +58,12 @@ def _check_args(args, n_actions: int) -> int:
 
 
 def play_overrides(args) -> list[str]:
-    """The flags as schedule.* overrides (after the user's KEY=VALUE ones, so the flags win)."""
+    """The flags as schedule.nfd.* overrides (after the user's KEY=VALUE ones, so the flags win)."""
     out = ["schedule.name=nfd"]
     for flag, key in (("speculate", "speculate"), ("draft_mode", "draft_mode"), ("window", "window"),
                       ("context_sigma", "context_sigma")):
         if getattr(args, flag) is not None:
-            out.append(f"schedule.{key}={getattr(args, flag)}")
+            out.append(f"schedule.nfd.{key}={getattr(args, flag)}")
     return list(args.overrides) + out
 
 
@@ -106,28 +104,10 @@ def run_play(args: argparse.Namespace) -> int:
         raise
     path = writer.close()
     wall = time.perf_counter() - start
-    sc = cfg.schedule
+    sc = cfg.schedule.nfd
     spec = (f"speculation K={sc.speculate} ({sc.draft_mode}): {session.stats.summary()}" if sc.speculate > 1
             else "speculation off")
     print(f"framecast: played {frames} frames ({cfg.video.width}x{cfg.video.height}) in {wall:.1f} s: "
           f"{frames / wall:.1f} FPS end-to-end, {frames / max(session.model_s, 1e-9):.1f} FPS generation "
           f"({session.rollout.forwards} model passes, {engine.device.type}); {spec} -> {path}")
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry (`python -m framecast.launch.play ...`) until `framecast play` is wired."""
-    from framecast.launch.cli import _user_errors
-
-    parser = argparse.ArgumentParser(prog="framecast play", description=__doc__.splitlines()[0])
-    add_play_arguments(parser)
-    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return run_play(args)
-    except _user_errors() as e:
-        print(f"framecast: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

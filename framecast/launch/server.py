@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import struct
@@ -86,6 +87,11 @@ class ServerState:
             engine = Engine.from_preset(preset, list(self.overrides) + extra)
             engine.model, engine.text, engine.vae  # noqa: B018 - build now
             self.engines[(preset, schedule)] = engine
+
+    def close(self) -> None:
+        """Release every engine's workers (at server shutdown)."""
+        for engine in self.engines.values():
+            engine.close()
 
     def try_acquire(self) -> bool:
         if self.sessions >= self.max_sessions:
@@ -161,7 +167,7 @@ async def play_socket(ws) -> None:
         engine = state.engine(state.play_preset)
         try:
             seed = _query_int(ws, "seed", None, 0)
-            speculate = _query_int(ws, "speculate", engine.cfg.schedule.speculate, 1)
+            speculate = _query_int(ws, "speculate", engine.cfg.schedule.nfd.speculate, 1)
         except ClientError as e:
             await ws.send_json({"type": "error", "message": str(e)})
             await ws.close(code=1008)
@@ -297,8 +303,15 @@ def make_app(play_preset: str = "tiny-play", text_preset: str = "tiny", max_sess
         raise ValueError(f"--fps must be > 0, got {fps}")
     state = ServerState(play_preset, text_preset, max_sessions, fps, list(overrides))
     state.load()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):  # one engine per (preset, schedule) for the server's life; workers closed at the end
+        yield
+        state.close()
+
     app = Starlette(routes=[Route("/", index), Route("/info", info),
-                            WebSocketRoute("/ws/play", play_socket), WebSocketRoute("/ws/generate", generate_socket)])
+                            WebSocketRoute("/ws/play", play_socket), WebSocketRoute("/ws/generate", generate_socket)],
+                    lifespan=lifespan)
     app.state.framecast = state
     return app
 

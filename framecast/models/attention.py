@@ -2,8 +2,10 @@
 
 Shape legend: B batch, L query tokens, S key/value tokens, N heads, H head dim.
 
-    attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, backend="sdpa") -> o_BLNH
+    attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, backend="sdpa", meta=None) -> o_BLNH
 
+`meta` (an `AttentionCall`: token grid, layer, sampler step, self or cross) is what a sparse or
+caching backend needs to know about the call beyond the tensors; `sdpa` and `flash` ignore it.
 `sdpa` is the default and the reference every other backend is tested against. A backend
 declares what it supports through `supports(q, k, v, mask) -> reason | None`; an unsupported
 request falls back to `sdpa` with one warning per distinct reason, an unknown name raises and
@@ -58,6 +60,17 @@ Mask = Union[None, torch.Tensor, BlockCausal, TeacherForcing]
 
 
 @dataclass(frozen=True)
+class AttentionCall:
+    """Per-call metadata a backend may use (a sparse pattern over the token grid, a cache keyed
+    by layer and step); the reference backends ignore it."""
+
+    grid: tuple[int, int, int]  # (F', H', W') token grid of the queries
+    layer: int                  # block index (`layer_id`)
+    step: Optional[int]         # sampler step index, None where the caller does not know it
+    kind: str                   # "self" or "cross" attention
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     fn: str  # import string "module:function" of the attention function
@@ -103,7 +116,8 @@ def available_backends() -> dict[str, str]:
 
 
 def attention(q_BLNH: torch.Tensor, k_BSNH: torch.Tensor, v_BSNH: torch.Tensor, *,
-              mask: Mask = None, scale: Optional[float] = None, backend: str = "sdpa") -> torch.Tensor:
+              mask: Mask = None, scale: Optional[float] = None, backend: str = "sdpa",
+              meta: Optional[AttentionCall] = None) -> torch.Tensor:
     b = check_backend(backend)
     if backend != "sdpa":
         reason = _resolve(b.supports)(q_BLNH, k_BSNH, v_BSNH, mask)
@@ -111,7 +125,7 @@ def attention(q_BLNH: torch.Tensor, k_BSNH: torch.Tensor, v_BSNH: torch.Tensor, 
             warnings.warn(f"attention backend {backend!r} unsupported here ({reason}); using sdpa",
                           RuntimeWarning, stacklevel=2)
             b = BACKENDS["sdpa"]
-    return _resolve(b.fn)(q_BLNH, k_BSNH, v_BSNH, mask=mask, scale=scale)
+    return _resolve(b.fn)(q_BLNH, k_BSNH, v_BSNH, mask=mask, scale=scale, meta=meta)
 
 
 def _always(q, k, v, mask) -> Optional[str]:
@@ -160,7 +174,7 @@ def _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=None):
     return o_BNLH.transpose(1, 2)
 
 
-def sdpa_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None):
+def sdpa_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None, meta: Optional[AttentionCall] = None):
     if isinstance(mask, BlockCausal):
         return _per_query_frame(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     if isinstance(mask, TeacherForcing):
@@ -193,7 +207,8 @@ def _flash(q_BLNH, k_BSNH, v_BSNH, scale):
     return _flash_func()(q_BLNH, k_BSNH, v_BSNH, dropout_p=0.0, softmax_scale=scale, causal=False)
 
 
-def flash_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None):
+def flash_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None,
+                    meta: Optional[AttentionCall] = None):
     if isinstance(mask, BlockCausal):
         return _per_query_frame(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     if isinstance(mask, TeacherForcing):

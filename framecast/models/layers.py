@@ -91,7 +91,7 @@ def apply_rope(x_BLNH: torch.Tensor, cos_LK: torch.Tensor, sin_LK: torch.Tensor)
                          f"= {x_BLNH.shape[1]} x {x_BLNH.shape[-1]} (build it with rope_table for these tokens)")
     # As complex numbers (x1 + i·x2)·(cos + i·sin): the same products and sums as the real form
     # (x1·cos − x2·sin, x1·sin + x2·cos), bit for bit on CPU here, in one op instead of a stack of
-    # four — 3-7x faster at 64-4k tokens, and RoPE runs on the whole key window every NFD pass.
+    # four — several times faster at the token counts we run, and RoPE runs on the whole key window every NFD pass.
     x_BLNK = torch.view_as_complex(x_BLNH.float().unflatten(-1, (-1, 2)))
     rot_1L1K = torch.complex(cos_LK.float(), sin_LK.float())[None, :, None]
     return torch.view_as_real(x_BLNK * rot_1L1K).flatten(-2).to(x_BLNH.dtype)

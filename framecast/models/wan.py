@@ -1,12 +1,15 @@
 """Wan2.1 text-to-video DiT (the framecast reference model), numerically equal to diffusers'
 `WanTransformer3DModel` and loadable from its state dict (same module tree and keys).
 
-    embed(lat_BCFHW, t, text_BSD) -> (x_BLD, ctx);  x = block(x, ctx) for block in blocks;
-    head(x_BLD, ctx) -> out_BCFHW
+    embed(lat_BCFHW, t, cond) -> (x_BLD, ctx);  x = block(x, ctx) for block in blocks;
+    head(x_BLD, ctx) -> out_BCFHW;  place(ctx, query_frames, key_frames) -> ctx
+
+The loop itself is `framecast.models.blocks.run_model` (the one block loop); `forward` calls it.
 
 Timesteps may be per latent frame (`t_BF`), so frames at different noise levels share one pass;
 the per-frame modulation is broadcast over each frame's tokens, never materialised per token.
-Caches, windows and parallelism come from outside through `ctx` (`kv_hook`, `rope_k`, `mask`).
+Caches, windows and parallelism come from outside through `ctx` (`kv_hook`, `mask`, and key
+positions set by `place`).
 Spec: shared/methods/model-zoo.md §1.
 
 Shape legend: B batch, C latent channels, F latent frames (F' after temporal patching),
@@ -21,9 +24,12 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from framecast.models.attention import Mask, attention
+from framecast.models.attention import AttentionCall, Mask, attention
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
 from framecast.models.layers import FeedForward, FP32LayerNorm, apply_rope, timestep_embedding
 from framecast.models.layers import rope_table as build_rope_table
 
@@ -41,10 +47,11 @@ class WanContext:
     text_BSD: torch.Tensor            # text tokens after text_embedder (cross-attention K/V source)
     grid: tuple[int, int, int]        # (F', H', W') token grid of x
     rope_q: tuple[torch.Tensor, torch.Tensor]  # (cos_LK, sin_LK) fp32 for the queries
-    rope_k: tuple[torch.Tensor, torch.Tensor]  # (cos_SK, sin_SK) for the keys (after kv_hook)
+    rope_k: tuple[torch.Tensor, torch.Tensor]  # (cos_SK, sin_SK) for the keys (after kv_hook); see place
     kv_hook: Any = None               # object with .extend(layer_id, k_BSNH, v_BSNH) -> (k, v)
     mask: Mask = None                 # self-attention mask: None (full) or BlockCausal
     attn_backend: str = "sdpa"        # name in framecast.models.attention.BACKENDS
+    step: Optional[int] = None        # sampler step index, for the attention backend's metadata
 
 
 class MLP(nn.Module):
@@ -89,6 +96,8 @@ class WanAttention(nn.Module):
 
     def qkv(self, x_BLD: torch.Tensor, src_BSD: torch.Tensor):
         """-> q_BLNH, k_BSNH, v_BSNH (norm before the head split)."""
+        # plain unflatten/flatten, not einops: these run four times per attention layer, where einops'
+        # per-call parsing shows in a tiny model's forward (the once-per-pass patterns use einops)
         q_BLNH = self.norm_q(self.to_q(x_BLD)).unflatten(2, (self.heads, -1))
         k_BSNH = self.norm_k(self.to_k(src_BSD)).unflatten(2, (self.heads, -1))
         v_BSNH = self.to_v(src_BSD).unflatten(2, (self.heads, -1))
@@ -117,12 +126,14 @@ class WanBlock(nn.Module):
             k_BSNH, v_BSNH = ctx.kv_hook.extend(self.layer_id, k_BSNH, v_BSNH)
         q_BLNH = apply_rope(q_BLNH, *ctx.rope_q)
         k_BSNH = apply_rope(k_BSNH, *ctx.rope_k)
-        o_BLNH = attention(q_BLNH, k_BSNH, v_BSNH, mask=ctx.mask, backend=ctx.attn_backend)
+        meta = AttentionCall(grid=ctx.grid, layer=self.layer_id, step=ctx.step, kind="self")
+        o_BLNH = attention(q_BLNH, k_BSNH, v_BSNH, mask=ctx.mask, backend=ctx.attn_backend, meta=meta)
         return self.attn1.out(o_BLNH)
 
     def cross_attention(self, x_BLD: torch.Tensor, ctx: WanContext) -> torch.Tensor:
         q_BLNH, k_BSNH, v_BSNH = self.attn2.qkv(x_BLD, ctx.text_BSD)
-        return self.attn2.out(attention(q_BLNH, k_BSNH, v_BSNH, backend=ctx.attn_backend))
+        meta = AttentionCall(grid=ctx.grid, layer=self.layer_id, step=ctx.step, kind="cross")
+        return self.attn2.out(attention(q_BLNH, k_BSNH, v_BSNH, backend=ctx.attn_backend, meta=meta))
 
     def forward(self, x_BLD: torch.Tensor, ctx: WanContext) -> torch.Tensor:
         dtype, f = x_BLD.dtype, ctx.mod_BF6D.shape[1]
@@ -197,8 +208,18 @@ class WanModel(nn.Module):
 
     def rope_table(self, frame_positions: torch.Tensor, h: int, w: int, device=None):
         """(cos, sin) fp32 tables [len(frame_positions)·h·w, head_dim/2] for tokens at the given
-        (latent, patched) frame positions × h × w, t-major. Pass as ctx.rope_q / ctx.rope_k."""
+        (latent, patched) frame positions × h × w, t-major (what `place` sets)."""
         return build_rope_table(frame_positions, h, w, self.head_dim, device=device)
+
+    def place(self, ctx: WanContext, query_frames: torch.Tensor, key_frames: torch.Tensor) -> WanContext:
+        """Set the temporal positions (patched latent frames, 1-D) of the queries and of ALL keys
+        of self-attention, in key order: the pass's own and those a kv_hook adds (caches,
+        context windows). Every frame spans the whole H'×W' grid. Returns ctx."""
+        _, h, w = ctx.grid
+        ctx.rope_q = self.rope_table(query_frames, h, w)
+        # one table when queries and keys are the same tokens (teacher forcing): no second build
+        ctx.rope_k = ctx.rope_q if key_frames is query_frames else self.rope_table(key_frames, h, w)
+        return ctx
 
     def _timesteps(self, t, batch: int, frames: int, device) -> torch.Tensor:
         """-> t as [B] (shared by all frames) or [B, F']."""
@@ -210,10 +231,10 @@ class WanModel(nn.Module):
         raise ValueError(f"timestep shape {tuple(t.shape)}: expected [B]=[{batch}] or per patched latent "
                          f"frame [B, F']=[{batch}, {frames}]")
 
-    def embed(self, lat_BCFHW: torch.Tensor, t, text_BSD: torch.Tensor,
-              actions_BF: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, WanContext]:
-        """Patchify and build the conditioning. t: [B] or [B, F'] (sigma·1000); text_BSD: encoder
-        states [B, S, text_dim]; actions_BF: [B, F'] action ids (needs num_actions > 0) or None."""
+    def embed(self, lat_BCFHW: torch.Tensor, t, cond: Conditioning) -> tuple[torch.Tensor, WanContext]:
+        """Patchify and build the conditioning. t: [B] or [B, F'] (sigma·1000); cond.text_BSD: encoder
+        states [B, S, text_dim]; cond.actions_BF: [B, F'] action ids (needs num_actions > 0) or None."""
+        text_BSD, actions_BF = cond.text_BSD, cond.actions_BF
         b, _, f, h, w = lat_BCFHW.shape
         pt, ph, pw = self.patch_size
         if f % pt or h % ph or w % pw:
@@ -221,7 +242,7 @@ class WanModel(nn.Module):
         grid = (f // pt, h // ph, w // pw)
         ce = self.condition_embedder
         x = self.patch_embedding(lat_BCFHW.to(self.patch_embedding.weight.dtype))   # (B, D, F', H', W')
-        x_BLD = x.flatten(2).transpose(1, 2).contiguous()
+        x_BLD = rearrange(x, "b d f h w -> b (f h w) d").contiguous()  # tokens t-major, then h, then w
 
         t = self._timesteps(t, b, grid[0], lat_BCFHW.device)
         if actions_BF is not None and self.action_embedder is None:
@@ -247,13 +268,13 @@ class WanModel(nn.Module):
 
     def head(self, x_BLD: torch.Tensor, ctx: WanContext) -> torch.Tensor:
         """Final adaLN (from temb, not timestep_proj) + projection + unpatchify -> [B, C, F, H, W]."""
-        b, f = x_BLD.shape[0], ctx.temb_BFD.shape[1]
+        f = ctx.temb_BFD.shape[1]
         shift, scale = (self.scale_shift_table + ctx.temb_BFD[:, :, None]).unsqueeze(3).unbind(2)  # (B, F, 1, D)
         x_n = self.norm_out(x_BLD.float()).unflatten(1, (f, -1)) * (1 + scale) + shift
         out = self.proj_out(x_n.flatten(1, 2).to(x_BLD.dtype))                 # (B, L, pt·ph·pw·C)
         (gf, gh, gw), (pt, ph, pw) = ctx.grid, self.patch_size
-        out = out.reshape(b, gf, gh, gw, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, out.shape[1], gf * pt, gh * ph, gw * pw)
+        return rearrange(out, "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
+                         f=gf, h=gh, w=gw, pt=pt, ph=ph, pw=pw)
 
     def forward(self, hidden_states: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 actions: Optional[torch.Tensor] = None, return_dict: bool = False) -> torch.Tensor:
@@ -261,10 +282,7 @@ class WanModel(nn.Module):
         [B, S, text_dim] -> prediction [B, C_out, F, H, W] (a tensor, not a tuple)."""
         if return_dict:
             raise ValueError("WanModel returns a tensor; return_dict=True is not supported")
-        x_BLD, ctx = self.embed(hidden_states, timestep, encoder_hidden_states, actions)
-        for block in self.blocks:
-            x_BLD = block(x_BLD, ctx)
-        return self.head(x_BLD, ctx)
+        return run_model(self, hidden_states, timestep, Conditioning(encoder_hidden_states, actions))
 
     def cast(self, dtype: torch.dtype) -> "WanModel":
         """Move to `dtype`, keeping the KEEP_FP32 parameters (time embedder, modulation tables,

@@ -2,7 +2,8 @@
 block it just ran, and the next block it runs — the older neighbour — attends to them as right
 context (DualParal spec §2.5). The cache belongs to the stage, not to the model: the model only
 sees `ctx.kv_hook.extend(layer_id, k, v) -> (k, v)`, called after q/k norm and head split and
-before RoPE, so cached keys are un-roped and take window-local positions in the reader's window.
+before RoPE, so cached keys are un-roped and take window-local positions in the reader's window
+(the stage sets them with `model.place`, after the window's own keys).
 
 Shape legend: B batch (CFG branches), S key tokens, N heads, H head dim.
 """

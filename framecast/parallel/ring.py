@@ -15,17 +15,21 @@ class WorkerLost(RuntimeError):
 
 
 class Ring:
-    def __init__(self, rank: int, world: int, device: torch.device):
-        self.rank, self.world, self.device = rank, world, device
+    """`rank` and `world` count within `group` (the pipeline's named group; None: the default group)."""
+
+    def __init__(self, rank: int, world: int, device: torch.device, group=None):
+        self.rank, self.world, self.device, self.group = rank, world, device, group
         self.next, self.prev = (rank + 1) % world, (rank - 1) % world
 
     def send(self, tensor: torch.Tensor) -> "Pending":
         tensor = tensor.contiguous()
-        return Pending(_post(dist.isend, tensor, self.next, "send to"), tensor, self.next, "send to")
+        work = _post(lambda t, peer: dist.isend(t, group=self.group, group_dst=peer), tensor, self.next, "send to")
+        return Pending(work, tensor, self.next, "send to")
 
     def recv(self, shape, dtype) -> "Pending":
         buf = torch.empty(shape, dtype=dtype, device=self.device)
-        return Pending(_post(dist.irecv, buf, self.prev, "receive from"), buf, self.prev, "receive from")
+        work = _post(lambda t, peer: dist.irecv(t, group=self.group, group_src=peer), buf, self.prev, "receive from")
+        return Pending(work, buf, self.prev, "receive from")
 
 
 def _lost(peer: int, verb: str, e: Exception) -> WorkerLost:

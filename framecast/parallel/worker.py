@@ -1,6 +1,7 @@
 """A DualParal worker: one pipeline stage on one device, the same code in-process (W=1), as a
-torchrun rank, or as a Ray actor. Executors reach it only through method calls by name
-(`collective_rpc`): `setup(request)`, `run_ticks(start, stop)`, `state()`, `load_state(state)`.
+torchrun rank, or as a Ray actor (built by `parallel/host.py`). Executors reach it only through
+method calls by name (`collective_rpc`): `setup(request)`, `run_ticks(start, stop)`, `state()`,
+`load_state(state)`. It lives as long as its Engine: weights load once, `setup` starts a request.
 
 Rank 0 owns the latents, one sampler per live block and the coordinated noise pool; it embeds,
 runs its layers and sends hidden states on; the last rank runs the head, combines CFG and sends the
@@ -16,7 +17,6 @@ applied), which is what makes its state a resume point.
 from __future__ import annotations
 
 import collections
-import os
 from typing import Optional
 
 import torch
@@ -27,37 +27,33 @@ from framecast.engine.request import Request
 
 
 class DualParalWorker:
-    def __init__(self, cfg: Config, checkpoint: Optional[str], rank: int, world: int,
-                 init_method: Optional[str] = None, threads: Optional[int] = None):
+    def __init__(self, cfg: Config, checkpoint: Optional[str], rank: int, dims, groups=None):
+        """One pipeline stage of the layout `dims` (ParallelDims with only `pp` > 1); `groups`: its
+        named process groups (None for W=1). Built inside its process by a `WorkerHost`."""
         from framecast.engine.components import DTYPES, build_model, resolve_device, sampler_factory
         from framecast.parallel.stage import StageRunner, prune_blocks, split_layers
 
-        if threads:
-            torch.set_num_threads(threads)
+        if dims.world != dims.pp:
+            raise ValueError(f"DualParal runs on pipeline stages only; got the layout {dims}")
+        world = dims.pp
         self.cfg, self.checkpoint, self.rank, self.world = cfg, checkpoint, rank, world
-        if cfg.model.patch_size[0] != 1:
-            raise ValueError(f"schedule.name=dualparal needs model.patch_size[0] == 1, got {cfg.model.patch_size}")
         self.device = resolve_device(cfg.device)
-        if world > 1 and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            kwargs = {"init_method": init_method} if init_method else {}
-            dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+        self.group = groups.get_group("pp") if groups is not None else None
         self.layers = split_layers(cfg.model.num_layers, world, list(cfg.parallel.layer_split))[rank]
         model = build_model(cfg, checkpoint)
         prune_blocks(model, self.layers)
         self.model, self.dtype = model, DTYPES[cfg.model.dtype]
-        self.stage = StageRunner(model, self.layers, first=rank == 0, last=rank == world - 1)
+        self.stage = StageRunner(model, self.layers, first=rank == 0, last=rank == world - 1,
+                                 attn_backend=cfg.model.attn_backend)
         self.make_sampler = sampler_factory(cfg)
         self.timesteps = self.make_sampler().timesteps
         self.ring = None
         if world > 1:
             from framecast.parallel.ring import Ring
-            self.ring = Ring(rank, world, self.device)
+            self.ring = Ring(rank, world, self.device, group=self.group)
 
     def info(self) -> dict:
-        import socket
-        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(),
-                "layers": [self.layers.start, self.layers.stop], "device": str(self.device)}
+        return {"layers": [self.layers.start, self.layers.stop]}
 
     # ------------------------------------------------------------------------------- setup
     def setup(self, req: Request) -> dict:
@@ -68,7 +64,7 @@ class DualParalWorker:
         from framecast.schedulers.dualparal import make_plan
 
         cfg = self.cfg
-        s = cfg.schedule
+        s = cfg.schedule.dualparal
         self.req = req
         self.plan = make_plan(req.latent_frames, s.block_frames, s.context_frames, cfg.sampler.steps)
         self.guided = guided(cfg.sampler.guidance_scale)
@@ -79,11 +75,11 @@ class DualParalWorker:
             text = build_text(cfg, self.checkpoint).encode(prompts).to(self.device, self.dtype)
             shape = tuple(text.shape)
         if self.world > 1:  # text length can differ from the config (tokenizer): share the shape first
-            meta = torch.tensor(shape if self.rank == 0 else (0, 0, 0), dtype=torch.long)
-            dist.broadcast(meta, 0)
+            meta = torch.tensor(shape if self.rank == 0 else (0, 0, 0), dtype=torch.long, device=self.device)
+            dist.broadcast(meta, group=self.group, group_src=0)
             if self.rank != 0:
                 text = torch.empty(tuple(meta.tolist()), dtype=self.dtype, device=self.device)
-            dist.broadcast(text, 0)
+            dist.broadcast(text, group=self.group, group_src=0)
         self.text = text
         self.frame_shape = (cfg.model.in_channels, req.latent_height, req.latent_width)
         self.noise = NoisePool(req.seed, s.block_frames, s.context_frames, self.frame_shape)
@@ -215,5 +211,5 @@ class DualParalWorker:
             self.samplers = dict(state["samplers"])
 
     def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        """Drop the request's state and the model (the host owns the process group)."""
+        self.lat, self.samplers, self.model, self.stage = {}, {}, None, None

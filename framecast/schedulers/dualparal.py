@@ -29,9 +29,13 @@ Unlike the reference code, block 0 has no extra C frames: the video has exactly
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ClassVar, Iterator, Optional
+
+from framecast.schedulers.base import Schedule
 
 EMPTY = range(0, 0)
+TICKS_PER_CALL = 8  # each worker call ends drained (a resume point); enough ticks per call keep the bubble small
+WORKER = "framecast.parallel.worker:DualParalWorker"
 
 
 @dataclass(frozen=True)
@@ -165,3 +169,72 @@ def make_plan(latent_frames: int, N: int, C: int, T: int) -> DualParalPlan:
         finished = tuple(blocks[k] for k in range(oldest, newest + 1) if i - k == T - 1)
         ticks.append(Tick(i, tuple(items), finished))
     return DualParalPlan(latent_frames, N, C, T, blocks, tuple(ticks))
+
+
+@dataclass
+class DualParalOptions:
+    """schedule.dualparal.*"""
+    block_frames: int = 8  # N: latent frames per block
+    context_frames: int = 4  # C: latent frames of the older neighbour as left context (<= N)
+
+    MINIMUM: ClassVar[dict] = {"block_frames": 1, "context_frames": 0}
+
+    def check(self) -> Optional[str]:
+        if self.context_frames > self.block_frames:
+            return (f"schedule.dualparal.context_frames={self.context_frames} must be <= "
+                    f"schedule.dualparal.block_frames={self.block_frames}")
+        return None
+
+
+class DualParalSchedule(Schedule):
+    """Runs the plan on the engine's workers (one pipeline stage each, `parallel.workers` of them)
+    and hands finished blocks back in order. The workers (and their weights) are the engine's:
+    they outlive the request."""
+
+    name = "dualparal"
+    Options = DualParalOptions
+    resumable = True
+
+    @classmethod
+    def check_config(cls, cfg, options) -> Optional[str]:
+        if cfg.model.patch_size[0] != 1:
+            return f"schedule.name=dualparal needs model.patch_size[0] == 1, got {list(cfg.model.patch_size)}"
+        if cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
+            return (f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
+                    f"(use parallel.launcher=torchrun or ray for more)")
+        return None
+
+    def latents(self, req, actions, progress, record=None):
+        from tqdm.auto import tqdm
+
+        from framecast.parallel.dims import ParallelDims
+
+        engine = self.engine
+        executor = engine.executor(WORKER, ParallelDims(pp=engine.cfg.parallel.workers))
+
+        def call(method, *args):
+            # Between calls the pipeline is drained (each call ends with every message received), so
+            # a consumer may stop reading at any yield. A call that fails may leave messages in flight:
+            # those workers are dropped and the next request starts fresh ones.
+            try:
+                return executor.collective_rpc(method, *args)[0]
+            except BaseException:
+                engine.drop_executor(WORKER)
+                raise
+
+        total = call("setup", req)
+        start = done = 0
+        if record is not None and record.has_state():
+            state = record.load_state()
+            call("load_state", state)
+            start, done = state["next_tick"], state["finished"]
+            yield from record.finished_blocks(done)
+        with tqdm(total=total["blocks"], desc="blocks", unit="block", disable=not progress) as bar:
+            bar.update(done)
+            for tick in range(start, total["ticks"], TICKS_PER_CALL):
+                finished = call("run_ticks", tick, min(tick + TICKS_PER_CALL, total["ticks"]))
+                if record is not None:
+                    record.save(call("state"), finished)
+                for _, _, _, lat in finished:
+                    bar.update()
+                    yield lat

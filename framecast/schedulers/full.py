@@ -1,20 +1,51 @@
 """The `full` schedule: the whole clip at one noise level, every step over all frames (what
 diffusers' WanPipeline does). Its plan is just the sampler's timesteps.
 
-With `lead_frames` = L > 0 (schedule.lead_frames) it runs in two passes of the sampler, as a
+With `lead_frames` = L > 0 (schedule.full.lead_frames) it runs in two passes of the sampler, as a
 diffusion-forcing model allows (one noise level per latent frame):
 1. the first L latent frames are denoised while the others stay pure noise (at the sampler's
    first timestep, where the initial latents are);
 2. the other frames are denoised with the first L given clean (timestep 0) as context.
 The motion then starts from a fixed first frame, where the caption's direction says exactly
-where the object goes next (bench/text_sensitivity.py --clean-frames 1), instead of being
+where the object goes next (bench/research/text_sensitivity.py --clean-frames 1), instead of being
 decided while every frame is still noise. Twice the model calls of L = 0.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
+
+from framecast.schedulers.base import Schedule
+
+
+@dataclass
+class FullOptions:
+    """schedule.full.*"""
+    lead_frames: int = 0  # denoise the first L latent frames first, then the rest with them as clean context
+
+    MINIMUM: ClassVar[dict] = {"lead_frames": 0}
+
+
+class FullSchedule(Schedule):
+    name = "full"
+    Options = FullOptions
+
+    def total_steps(self, req) -> int:
+        return passes(req.latent_frames, self.options.lead_frames) * self.engine.cfg.sampler.steps
+
+    def latents(self, req, actions, progress, record=None) -> Iterator[torch.Tensor]:
+        from tqdm.auto import tqdm
+
+        engine = self.engine
+        denoise = engine.denoiser(req.prompt, req.negative_prompt)
+        lat = engine.initial_latents(req).to(engine.device)
+        with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
+            lat = denoise_full(denoise, lat, engine.make_sampler, on_step=lambda i: bar.update(),
+                               lead_frames=self.options.lead_frames)
+        for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
+            yield lat[:, :, f:f + 1]
 
 
 def passes(frames: int, lead_frames: int) -> int:

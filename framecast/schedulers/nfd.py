@@ -43,6 +43,8 @@ import torch
 
 from framecast.engine.causal_cache import CacheHook, CausalKVCache
 from framecast.models.attention import BlockCausal
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,24 +98,27 @@ def frame_noise(seed: int, frame: int, shape_CHW: Sequence[int], stream: str = "
 # ---------------------------------------------------------------------------------------------
 
 def forward_on_cache(model, lat_BCFHW: torch.Tensor, t_BF: torch.Tensor, text_BSD: torch.Tensor,
-                     actions_BF: Optional[torch.Tensor], hook: CacheHook, attn_backend: str = "sdpa"):
+                     actions_BF: Optional[torch.Tensor], hook: CacheHook, attn_backend: str = "sdpa",
+                     step: Optional[int] = None):
     """The model's prediction [B, C, F, H, W] for F frames placed after the hook's cache window:
-    block-causal among themselves, keys roped at window-local positions 0 .. window + F − 1, and
+    block-causal among themselves, keys placed at window-local positions 0 .. window + F − 1, and
     each frame sees at most the cache's `window` frames before it (a chunk of drafts sees, frame
-    by frame, what plain NFD would: relative offsets stay within the trained range)."""
+    by frame, what plain NFD would: relative offsets stay within the trained range). `step`: the
+    sampler step index (None for a commit pass), for the attention backend's metadata."""
     if model.patch_size[0] != 1:
         raise ValueError(f"NFD needs one latent frame per token frame (patch_size[0] = 1), got {model.patch_size}")
-    x_BLD, ctx = model.embed(lat_BCFHW, t_BF, text_BSD, actions_BF)
-    f, h, w = ctx.grid
-    c = hook.window_frames
-    pos = torch.arange(c + f, device=x_BLD.device)
-    ctx.rope_q = model.rope_table(pos[c:], h, w)
-    ctx.rope_k = model.rope_table(pos, h, w)
-    ctx.mask = BlockCausal(frame_tokens=h * w, q_start_frame=c, window=hook.cache.window)
-    ctx.kv_hook, ctx.attn_backend = hook, attn_backend
-    for block in model.blocks:
-        x_BLD = block(x_BLD, ctx)
-    return model.head(x_BLD, ctx)
+
+    def prepare(ctx):
+        f, h, w = ctx.grid
+        c = hook.window_frames
+        frames = torch.arange(c + f, device=lat_BCFHW.device)  # [cached window | this chunk]
+        ctx = model.place(ctx, frames[c:], frames)
+        ctx.mask = BlockCausal(frame_tokens=h * w, q_start_frame=c, window=hook.cache.window)
+        ctx.kv_hook = hook
+        return ctx
+
+    return run_model(model, lat_BCFHW, t_BF, Conditioning(text_BSD, actions_BF), attn_backend=attn_backend,
+                     step=step, prepare=prepare)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,11 +158,12 @@ class NfdRollout:
         return torch.stack(frames, dim=1)[None].to(self.denoiser.device)  # (1, C, n, H, W)
 
     @torch.no_grad()
-    def _predict(self, lat_1CFHW: torch.Tensor, t_F: torch.Tensor, actions: Sequence[int], hook) -> torch.Tensor:
+    def _predict(self, lat_1CFHW: torch.Tensor, t_F: torch.Tensor, actions: Sequence[int], hook,
+                 step: Optional[int] = None) -> torch.Tensor:
         x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
         actions_BF = self._actions_BF(actions, x)
         self.forwards += 1
-        out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.attn_backend)
+        out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.attn_backend, step=step)
         return self.denoiser.combine(out).float()
 
     def _actions_BF(self, actions: Sequence[int], x_BCFHW: torch.Tensor) -> Optional[torch.Tensor]:
@@ -182,7 +188,7 @@ class NfdRollout:
             if i == 0 and self.pending:
                 velocity = self._predict_committing(lat, t.expand(n), actions)
             else:
-                velocity = self._predict(lat, t.expand(n), actions, self.cache.reader())
+                velocity = self._predict(lat, t.expand(n), actions, self.cache.reader(), step=i)
             lat = sampler.step(velocity, t, lat)
         return lat
 
@@ -239,7 +245,7 @@ class NfdRollout:
         t_ctx = torch.full((p,), self.context_sigma * self.num_train_timesteps, device=t_F.device)
         hook = self.cache.writer(tokens=p * frame_tokens)
         out = self._predict(torch.cat([ctx, lat_1CFHW], dim=2), torch.cat([t_ctx, t_F.to(t_ctx.dtype)]),
-                            [a for _, a in self.pending] + list(actions), hook)
+                            [a for _, a in self.pending] + list(actions), hook, step=0)
         self.cache.commit(hook, frames=p)
         self.pending = []
         return out[:, :, p:]
@@ -281,24 +287,26 @@ class NfdRolloutNoCache(NfdRollout):
         sc_t = self.context_sigma * self.num_train_timesteps
         lat = self._noise(start, n, "noise")
         sampler = self.new_sampler()
-        for t in sampler.timesteps:
+        for i, t in enumerate(sampler.timesteps):
             both = torch.cat([w for w, _ in self._window] + [lat], dim=2)
             t_F = torch.cat([torch.full((c,), sc_t), t.float().cpu().expand(n)]).to(lat.device)
-            velocity = self._predict_window(both, t_F, [a for _, a in self._window] + list(actions), c)
+            velocity = self._predict_window(both, t_F, [a for _, a in self._window] + list(actions), c, step=i)
             lat = sampler.step(velocity, t, lat)
         return lat
 
     @torch.no_grad()
-    def _predict_window(self, lat_1CFHW, t_F, actions, c: int) -> torch.Tensor:
+    def _predict_window(self, lat_1CFHW, t_F, actions, c: int, step: Optional[int] = None) -> torch.Tensor:
         x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
         actions_BF = self._actions_BF(actions, x)
         self.forwards += 1
-        x_BLD, ctx = self.model.embed(x, t_BF, text, actions_BF)
-        ft = ctx.grid[1] * ctx.grid[2]
-        ctx.mask, ctx.attn_backend = BlockCausal(frame_tokens=ft, window=self.window), self.attn_backend
-        for block in self.model.blocks:
-            x_BLD = block(x_BLD, ctx)
-        return self.denoiser.combine(self.model.head(x_BLD, ctx)[:, :, c:]).float()
+
+        def prepare(ctx):
+            ctx.mask = BlockCausal(frame_tokens=ctx.grid[1] * ctx.grid[2], window=self.window)
+            return ctx
+
+        out = run_model(self.model, x, t_BF, Conditioning(text, actions_BF), attn_backend=self.attn_backend,
+                        step=step, prepare=prepare)
+        return self.denoiser.combine(out[:, :, c:]).float()
 
     def commit(self, start: int, lat_1CFHW: torch.Tensor, actions: Sequence[int]) -> None:
         n, sc = len(actions), self.context_sigma

@@ -1,24 +1,57 @@
 """The `rollout` schedule: the clip made chunk after chunk, as diffusion forcing rolls out a model
 trained with one noise level per latent frame. Each chunk of `chunk_frames` latent frames runs
 through a fresh sampler's timesteps with the last `context_frames` finished frames before it
-(schedule.chunk_context) given clean, at timestep 0; the chunk's frames are final when its sampler
+(schedule.rollout.chunk_context) given clean, at timestep 0; the chunk's frames are final when its sampler
 ends and leave at once. With `lead_frames` = L > 0 the first chunk is the first L frames alone,
 so the next chunk starts from a fixed first frame, where the caption's direction says where the
-object goes (bench/text_sensitivity.py --clean-frames 1).
+object goes (bench/research/text_sensitivity.py --clean-frames 1).
 
 Every model call sees at most context + chunk frames: the model's memory and time per frame do not
 grow with the video's length (the full schedule attends over all frames at once). A chunk goes on
 from frames that are already final instead of every frame's motion being decided while all of them
-are noise (the tiny model's full-schedule videos jump between places; weights/tiny.json). Cost:
+are noise (the tiny model's full-schedule videos jump between places; docs/tiny-training.md). Cost:
 about F / chunk sampler runs over windows of at most context + chunk frames.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
 
+from framecast.schedulers.base import Schedule
 from framecast.schedulers.full import denoise_part
+
+
+@dataclass
+class RolloutOptions:
+    """schedule.rollout.*"""
+    chunk_frames: int = 4  # latent frames made per chunk
+    chunk_context: int = 4  # finished latent frames before a chunk that it is given clean
+    lead_frames: int = 0  # > 0: the first chunk is the first L latent frames alone
+
+    MINIMUM: ClassVar[dict] = {"chunk_frames": 1, "chunk_context": 0, "lead_frames": 0}
+
+
+class RolloutSchedule(Schedule):
+    name = "rollout"
+    Options = RolloutOptions
+
+    def total_steps(self, req) -> int:
+        o = self.options
+        return len(chunks(req.latent_frames, o.chunk_frames, o.lead_frames)) * self.engine.cfg.sampler.steps
+
+    def latents(self, req, actions, progress, record=None) -> Iterator[torch.Tensor]:
+        from tqdm.auto import tqdm
+
+        engine, o = self.engine, self.options
+        denoise = engine.denoiser(req.prompt, req.negative_prompt)
+        lat = engine.initial_latents(req).to(engine.device)
+        with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
+            for done in rollout(denoise, lat, engine.make_sampler, o.chunk_frames, o.chunk_context,
+                                on_step=lambda i: bar.update(), lead_frames=o.lead_frames):
+                for f in range(done.shape[2]):  # each chunk leaves as soon as it is finished
+                    yield done[:, :, f:f + 1]
 
 
 def chunks(frames: int, chunk_frames: int, lead_frames: int = 0) -> list[range]:

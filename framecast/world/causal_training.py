@@ -24,10 +24,9 @@ a context plain teacher forcing never shows (measured: action-following fell fro
 over 96 frames with 4 joint drafts). A `draft_prob` share of the clips therefore picks a chunk
 start s ∈ [0, F−2]: noisy_i for i ≥ s shares one σ and sees ctx_0..ctx_{s−1} and noisy_s..noisy_i
 (`draft_mask`) — exactly a joint draft of frames s..F−1 on a cache of frames < s. The mask then
-differs per clip and is dense ([B, 1, 2F·T, 2F·T] booleans: 4 MB for 16 clips of 4 frames at 64
-tokens), so only the drafted clips take it; the rest of the batch runs as its own batch on the
-mask-free path (`bench/train_step.py`: an fp32 step of 8 clips of 4 frames, 30% drafted, 0.49 s
-against 0.58 s with the whole batch on the dense mask). Frames before s keep the plain layout.
+differs per clip and is dense ([B, 1, 2F·T, 2F·T] booleans), so only the drafted clips take it;
+the rest of the batch runs as its own batch on the mask-free path, which is cheaper (timed by
+`bench/research/train_step.py`; docs/play.md). Frames before s keep the plain layout.
 Training clips must be at most window + 1 frames long for a noisy frame to see no more than
 inference's window (the mask has no window).
 
@@ -53,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from framecast.models.attention import TeacherForcing
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
 
 
 def teacher_forcing_mask(frames: int, frame_tokens: int, device=None) -> torch.Tensor:
@@ -125,17 +126,19 @@ def predict_on_context(nets: nn.ModuleDict, ctx_BCFHW: torch.Tensor, sigma_ctx_B
     text_BSD = nets["text_encoder"](tokens_BS)
     both = torch.cat([ctx_BCFHW, x_BCFHW], dim=2)
     t_BF = torch.cat([sigma_ctx_BF, sigma_BF], dim=1) * 1000
-    x_BLD, ctx = model.embed(both, t_BF, text_BSD, torch.cat([actions_BF, actions_BF], dim=1))
-    _, h, w = ctx.grid
-    pos = torch.arange(f, device=x_BLD.device).repeat(2)
-    ctx.rope_q = ctx.rope_k = model.rope_table(pos, h, w)
-    if starts_B is None or bool((starts_B >= f).all()):
-        ctx.mask = TeacherForcing(frame_tokens=h * w)  # no dense mask
-    else:
-        ctx.mask = draft_mask(f, h * w, starts_B.to(x_BLD.device))
-    for block in model.blocks:
-        x_BLD = block(x_BLD, ctx)
-    return model.head(x_BLD, ctx)[:, :, f:]
+    cond = Conditioning(text_BSD, torch.cat([actions_BF, actions_BF], dim=1))
+
+    def prepare(ctx):
+        _, h, w = ctx.grid
+        frames = torch.arange(f, device=both.device).repeat(2)  # ctx_i and noisy_i both at position i
+        ctx = model.place(ctx, frames, frames)
+        if starts_B is None or bool((starts_B >= f).all()):
+            ctx.mask = TeacherForcing(frame_tokens=h * w)  # no dense mask
+        else:
+            ctx.mask = draft_mask(f, h * w, starts_B.to(both.device))
+        return ctx
+
+    return run_model(model, both, t_BF, cond, prepare=prepare)[:, :, f:]
 
 
 def noised_context(x0_BCFHW: torch.Tensor, gen: torch.Generator, sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:

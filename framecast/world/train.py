@@ -47,6 +47,8 @@ from tqdm.auto import tqdm
 
 from framecast.config import Config, load_config
 from framecast.engine.components import sampler_factory
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
 
 
 @dataclass
@@ -70,12 +72,12 @@ class TrainOptions:
     substeps: int = 4             # distillation: teacher Euler steps per student step
     init_from: str = ""           # start from these weights (fresh optimizer): a second training stage
     action_init_std: float = 0.0  # play: > 0 draws the action table from N(0, this) after init_from (the
-                                  # model's zero init leaves actions ~20x weaker than time in short runs)
+                                  # model's zero init leaves actions much weaker than time in short runs)
     fg_weight: float = 0.0        # play: extra loss weight near the previous frame's objects (causal_training)
     draft_prob: float = 0.0       # play: share of clips with a joint draft (speculation's layout, causal_training)
     prefix_prob: float = 0.0      # text: share of clips whose first 1..F/2 frames are nearly clean context
                                   # (σ ~ U[0, context_sigma_max]) and the rest share one σ (what
-                                  # schedule.lead_frames samples); there the direction word says where the
+                                  # schedule.rollout.lead_frames samples); there the direction word says where the
                                   # object goes next
     prefix_max: int = 0           # text: prefix clips keep 1..prefix_max frames nearly clean (0: F // 2); clips
                                   # from later in their video (offset_prob) keep at least offset_clean_min (2:
@@ -85,7 +87,7 @@ class TrainOptions:
     offset_clean_min: int = 2     # text: prefix clips from later in their video keep at least this many nearly clean
                                   # frames (1: as few as the rollout's one finished frame, even at a wall)
     bf16: bool = False            # forward and backward under bf16 autocast (weights, optimizer and EMA stay fp32);
-                                  # bench/train_step.py on this CPU (avx512_bf16): text steps ~20% cheaper, play ~even
+                                  # (bench/research/train_step.py times both; docs/play.md has the numbers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,14 +95,15 @@ class TrainOptions:
 # ---------------------------------------------------------------------------------------------
 
 def build(cfg: Config, seed: int) -> nn.ModuleDict:
-    """{"transformer": WanModel, "text_encoder": BuiltinTextEncoder}, initialised from `seed`."""
+    """{"transformer": the model.kind family's model, "text_encoder": BuiltinTextEncoder},
+    initialised from `seed`."""
     from framecast.engine.components import model_kwargs
     from framecast.engine.text import BuiltinTextEncoder
-    from framecast.models.wan import WanModel
+    from framecast.models.registry import model_class
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = WanModel(**model_kwargs(cfg))
+        model = model_class(cfg.model.kind)(**model_kwargs(cfg))
         text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
         init_adaln_zero(model)
         # Unit-scale word/position vectors: at the encoder's default std 0.02 the cross-attention
@@ -159,12 +162,8 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions,
 
 def predict(nets: nn.ModuleDict, x_BCFHW: torch.Tensor, t_BF: torch.Tensor, tokens_BS: torch.Tensor) -> torch.Tensor:
     """Velocity prediction of the text model (full attention; play models: causal_training)."""
-    model = nets["transformer"]
     text_BSD = nets["text_encoder"](tokens_BS)
-    x_BLD, ctx = model.embed(x_BCFHW, t_BF, text_BSD)
-    for block in model.blocks:
-        x_BLD = block(x_BLD, ctx)
-    return model.head(x_BLD, ctx)
+    return run_model(nets["transformer"], x_BCFHW, t_BF, Conditioning(text_BSD))
 
 
 def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOptions,
@@ -217,7 +216,7 @@ def train_step(nets: nn.ModuleDict, ema: nn.Module, optim: torch.optim.Optimizer
                gen: torch.Generator, opt: TrainOptions, empty_tokens: torch.Tensor, device, ema_decay: float,
                teacher: Optional[nn.ModuleDict] = None, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One optimizer step on `batch` (under bf16 autocast with `opt.bf16`), then the EMA update;
-    returns the loss. The step `train` runs, and `bench/train_step.py` times."""
+    returns the loss. The step `train` runs, and `bench/research/train_step.py` times."""
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=opt.bf16), \
             warnings.catch_warnings():
         # bf16 activations meet fp32 RMSNorm weights: torch warns that it takes the unfused kernel
@@ -513,7 +512,7 @@ def run_train(args: argparse.Namespace) -> int:
                        logit_std=args.logit_std, prefix_max=args.prefix_max, offset_prob=args.offset_prob,
                        offset_clean_min=args.offset_clean_min, bf16=args.bf16)
     prog = Path(sys.argv[0]).name
-    prog = "python -m framecast.world.train" if prog == "train.py" else prog
+    prog = "python -m framecast" if prog == "__main__.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])
     meta = train(cfg, args.steps, args.batch, args.frames, args.seed, args.out, resume=args.resume,
                  device=args.device, log_every=args.log_every, options=opt, command=command,
@@ -521,14 +520,3 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s on {meta['device']}; final loss "
           f"{meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m framecast.world.train ...` is `framecast train ...` (one-line errors, exit 2)."""
-    from framecast.launch.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

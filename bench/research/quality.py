@@ -1,7 +1,7 @@
 """World metrics of generated videos, per schedule and length.
 
-    python bench/quality.py [--weights builtin:tiny] [--seconds 4 60] [--schedules full dualparal rollout]
-                            [--prompts ...] [--seeds 0 1 ...] [KEY=VALUE ...]
+    python bench/research/quality.py [--weights builtin:tiny] [--seconds 4 60] [--schedules full dualparal rollout]
+                                     [--prompts ...] [--seeds 0 1 ...] [KEY=VALUE ...]
 
 Generates with the tiny preset (the full schedule for short videos only: it attends over every
 frame at once; DualParal and rollout for all lengths), scores

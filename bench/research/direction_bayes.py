@@ -1,16 +1,16 @@
 """What the caption's direction word is worth to the Bayes-optimal denoiser of the built-in world.
 
-    python bench/direction_bayes.py [--frames 8] [--clean-frames 0 1] [--sigmas 0.8 0.9 0.95 0.97 1.0]
-                                    [--clips 24] [--out bench/results/direction_bayes.json]
+    python bench/research/direction_bayes.py [--frames 8] [--clean-frames 0 1] [--sigmas 0.8 0.9 0.95 0.97 1.0]
+                                             [--clips 24] [--out bench/results/direction_bayes.json]
 
 A single-object clip ("a red circle moving D") is fixed by its direction D and start position: the
 world has a few thousand such clips, so the exact posterior over them given a noisy clip x_t =
 (1 − σ)·x0 + σ·ε is a softmax over all of them, and E[x0 | x_t] is the best any denoiser can do.
-The table shows the loss ‖v̂ − (ε − x0)‖² (mean per element, as train and bench/text_sensitivity.py
-measure it) of that optimum when the caption names the direction ("known") and when it does not
-("unknown"): the gap is what a model gains, at most, from reading the word. With `--clean-frames K`
+The table shows the loss ‖v̂ − (ε − x0)‖² (mean per element, as train and
+bench/research/text_sensitivity.py measure it) of that optimum when the caption names the
+direction ("known") and when it does not ("unknown"): the gap is what a model gains, at most, from reading the word. With `--clean-frames K`
 the first K frames are given clean and the loss is over the rest. Compare with the trained model's
-loss in bench/text_sensitivity.py. Prints a table and writes JSON; asserts nothing.
+loss in bench/research/text_sensitivity.py. Prints a table and writes JSON; asserts nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from framecast.world.captions import DIRECTIONS, ObjectSpec  # noqa: E402
 from framecast.world.scenes import place_track, render_tracks, start_lattice, to_model_video  # noqa: E402

@@ -1,14 +1,14 @@
 """Which words of a caption the text model uses: its flow-matching loss on world clips with the
 true caption vs. the same caption with one attribute swapped (direction, colour or shape) or empty.
 
-    python bench/text_sensitivity.py [--weights builtin:tiny ...] [--clips 16] [--frames 8]
-                                     [--sigmas 0.5 0.8 0.9] [--clean-frames 0 1]
-                                     [--out bench/results/text_sensitivity.json]
+    python bench/research/text_sensitivity.py [--weights builtin:tiny ...] [--clips 16] [--frames 8]
+                                              [--sigmas 0.5 0.8 0.9] [--clean-frames 0 1]
+                                              [--out bench/results/text_sensitivity.json]
 
 For each weights file, each σ and each single-object clip ("a COLOUR SHAPE moving DIRECTION",
 placement from the clip's seed), the loss ‖v̂ − (ε − x0)‖² at one noise level for all frames, with
 the same noise for every caption variant. With `--clean-frames K` the first K frames are given clean
-(σ = 0, the context `schedule.lead_frames` samples with) and the loss is taken over the
+(σ = 0, the context `schedule.rollout.lead_frames` samples with) and the loss is taken over the
 other frames: there the direction word says exactly where the object goes next, so a model that
 can follow it gains much. A model that uses a word has a higher loss when that
 word is wrong: the table shows loss(variant) / loss(true caption) − 1 in percent (0 = the word is
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from framecast.config import load_config  # noqa: E402
 from framecast.world.captions import COLOURS, DIRECTIONS, SHAPES, tokenize  # noqa: E402

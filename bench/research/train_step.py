@@ -1,11 +1,11 @@
 """Seconds per training step of the world's tiny models: fp32 vs bf16 autocast (`train --bf16`).
 
-    python bench/train_step.py [--steps 10] [--repeats 3] [--out bench/results/train_step.json]
+    python bench/research/train_step.py [--steps 10] [--repeats 3] [--out bench/results/train_step.json]
 
 Each variant runs exactly what `framecast train` runs per step (`train.train_step`: loss under
 autocast with --bf16, backward, grad clip, AdamW, EMA) on the shipped recipes' batch shapes, from the same seed:
   - tiny (text):   batch 8 x 8 frames, --prefix-prob 0.9 --offset-prob 0.3; and the same with
-                   model.num_layers=4 (what a smaller tiny model would save; tiny.json ->
+                   model.num_layers=4 (what a smaller tiny model would save; docs/tiny-experiments.json ->
                    four_layer_chain_not_shipped);
   - tiny-play:     batch 8 x 4 frames, --draft-prob 0.3 --fg-weight 4 --offset-prob 0.5; and the
                    same batch with every clip drafted (all on the dense mask: what every batch
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from framecast.config import load_config  # noqa: E402
 from framecast.world.captions import tokenize  # noqa: E402

@@ -1,9 +1,10 @@
-"""DualParal on Ray: one actor per worker, each holding one GPU (one CPU on a CPU machine), placed
+"""The Ray executor: one actor per worker, each holding one GPU (one CPU on a CPU machine), placed
 by a placement group (PACK: as few nodes as possible; SPREAD: across nodes). `ray_address=auto`
-joins a running cluster. Actors build their worker lazily, after Ray has pinned their device,
-then form a torch.distributed group (gloo/NCCL) for the activation ring; the driver only sends
-method calls and receives finished latent blocks. A dead actor stops the run within about a
-second with `WorkerLost` naming the worker.
+joins a running cluster. Actors build their worker (a `WorkerHost` for any worker class) lazily,
+after Ray has pinned their device, then form a torch.distributed group (gloo/NCCL) and the
+layout's named groups; the driver only sends method calls and receives their results. The actors
+live until `shutdown()` (the Engine keeps them across requests). A dead actor stops the call
+within about a second with `WorkerLost` naming the worker.
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ class RayWorker:
     """The actor body: a thin holder so the worker is built inside the actor process."""
 
     def __init__(self):
-        self.worker = None
+        self.host = None
 
     def address_and_port(self) -> tuple[str, int]:
         import ray
 
-        from framecast.launch.torchrun import free_port
+        from framecast.parallel.torchrun_executor import free_port
         return ray.util.get_node_ip_address(), free_port()
 
     def node(self) -> dict:
@@ -34,28 +35,30 @@ class RayWorker:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "ip": ray.util.get_node_ip_address()}
 
-    def init(self, cfg, checkpoint, rank: int, world: int, init_method: str) -> dict:
-        from framecast.parallel.worker import DualParalWorker
+    def init(self, worker: str, cfg, checkpoint, dims, rank: int, init_method: str) -> dict:
+        from framecast.parallel.host import WorkerHost
+
         threads = 1 if not torch.cuda.is_available() else None
-        self.worker = DualParalWorker(cfg, checkpoint, rank, world, init_method=init_method, threads=threads)
-        return self.worker.info()
+        self.host = WorkerHost(worker, cfg, checkpoint, dims, rank, init_method=init_method, threads=threads)
+        return self.host.info()
 
     def execute(self, method: str, *args):
-        return getattr(self.worker, method)(*args)
+        return self.host.execute(method, *args)
 
 
 class RayExecutor:
-    def __init__(self, cfg, checkpoint):
+    def __init__(self, cfg, checkpoint, worker: str, dims):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
         if not ray.is_initialized():
-            address = cfg.parallel.ray_address or None
+            # "" = a new local instance on loopback ("local"), never a cluster some other process left running
+            address = cfg.parallel.ray_address or "local"
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     **({} if address else {"_node_ip_address": "127.0.0.1"}))
-        world = cfg.parallel.workers
+                     **({"_node_ip_address": "127.0.0.1"} if address == "local" else {}))
+        world = dims.world
         gpu = cfg.device != "cpu" and torch.cuda.is_available()
         bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
         self.pg = placement_group([bundle] * world, strategy=cfg.parallel.placement)
@@ -77,12 +80,12 @@ class RayExecutor:
               f"({cfg.parallel.placement}; ips {', '.join(n['ip'] for n in self.nodes)}; "
               f"pids {', '.join(str(n['pid']) for n in self.nodes)})", file=sys.stderr)
         addr, port = self._gather([self.actors[0].address_and_port.remote()])[0]
-        self._gather([a.init.remote(cfg, checkpoint, r, world, f"tcp://{addr}:{port}")
+        self._gather([a.init.remote(worker, cfg, checkpoint, dims, r, f"tcp://{addr}:{port}")
                       for r, a in enumerate(self.actors)])
 
     def _name(self, rank: int) -> str:
         node = self.nodes[rank] if getattr(self, "nodes", None) else {}
-        return f"DualParal worker rank {rank} (Ray actor pid {node.get('pid', '?')} on node {node.get('ip', '?')})"
+        return f"worker rank {rank} (Ray actor pid {node.get('pid', '?')} on node {node.get('ip', '?')})"
 
     def _gather(self, refs: list) -> list:
         """ray.get for all refs, failing fast when any actor dies (the others may be blocked in a
@@ -108,7 +111,9 @@ class RayExecutor:
         return self._gather([a.execute.remote(method, *args) for a in self.actors])
 
     def shutdown(self) -> None:
+        """Kill the actors (their process groups and weights go with them) and free the placement."""
         ray = self._ray
         for a in getattr(self, "actors", []):
             ray.kill(a)
+        self.actors = []
         ray.util.remove_placement_group(self.pg)

@@ -1,8 +1,8 @@
 """World metrics of NFD play rollouts: the few-step student vs its many-step teacher (and random).
 
-    python bench/play_quality.py [--teacher DIR/weights.safetensors] [--student builtin:tiny-play]
-                                 [--frames 64 240] [--sequences 4] [--teacher-steps 16] [--speculate 2 3 4]
-                                 [--out bench/results/play_quality.json] [KEY=VALUE ...]
+    python bench/research/play_quality.py [--teacher DIR/weights.safetensors] [--student builtin:tiny-play]
+                                          [--frames 64 240] [--sequences 4] [--teacher-steps 16] [--speculate 2 3 4]
+                                          [--out bench/results/play_quality.json] [KEY=VALUE ...]
 
 Each variant rolls out `sequences` random action sequences (the world's rule: each action repeats
 the previous one with probability 0.8) of each length with the tiny-play preset, and scores every
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from framecast.world.scenes import random_actions  # noqa: E402
 
@@ -59,10 +59,10 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=4)
     ap.add_argument("--speculate", type=int, nargs="*", default=[2, 3, 4], help="joint draft sizes K to score")
     ap.add_argument("--out", default="bench/results/play_quality.json")
-    ap.add_argument("extra", nargs="*", help="config overrides for every variant (e.g. schedule.window=3)")
+    ap.add_argument("extra", nargs="*", help="config overrides for every variant (e.g. schedule.nfd.window=3)")
     args = ap.parse_args()
     variants = [("student 4 steps", [f"model.weights={args.student}"])] + [
-        (f"student 4 steps, speculate {k}", [f"model.weights={args.student}", f"schedule.speculate={k}"])
+        (f"student 4 steps, speculate {k}", [f"model.weights={args.student}", f"schedule.nfd.speculate={k}"])
         for k in args.speculate]
     if args.teacher:
         variants += [(f"teacher {args.teacher_steps} steps", [f"model.weights={args.teacher}",

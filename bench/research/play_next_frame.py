@@ -1,12 +1,12 @@
 """Teacher-forced next-frame accuracy of a play model: the player given the TRUE past.
 
-    python bench/play_next_frame.py [--weights builtin:tiny-play] [--clips 32] [--frames 4]
-                                    [--steps 4] [--out bench/results/play_next_frame.json]
+    python bench/research/play_next_frame.py [--weights builtin:tiny-play] [--clips 32] [--frames 4]
+                                             [--steps 4] [--out bench/results/play_next_frame.json]
 
 Each world play clip's frames 1 .. F−1 are generated at once, frame i on the clean frames < i (at
 the preset's context noise), exactly as the model was trained (`causal_training.predict_on_context`),
-with `steps` Euler steps on the sampler's grid. A rollout (bench/play_quality.py) feeds the model
-its own frames and so adds drift; this isolates what the model can do in one step. Per frame: is
+with `steps` Euler steps on the sampler's grid. A rollout (bench/research/play_quality.py) feeds the
+model its own frames and so adds drift; this isolates what the model can do in one step. Per frame: is
 a white player found, and is its centroid within 1 px of the true one. Prints a table, writes
 JSON; asserts nothing.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from framecast.config import load_config  # noqa: E402
 from framecast.engine.components import sampler_factory  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
         nets = load_nets(cfg, weights).eval()
         for steps in args.steps:
             grid = sampler_factory(load_config("tiny-play", [f"sampler.steps={steps}"]))().sigmas
-            video = next_frames(nets, clips, steps, cfg.schedule.context_sigma, grid, args.seed)
+            video = next_frames(nets, clips, steps, cfg.schedule.nfd.context_sigma, grid, args.seed)
             rows.append({"weights": weights, "steps": steps, **score(clips, video)})
     print(f"teacher-forced next frame, {args.clips} play clips of {args.frames} frames")
     print(f"{'weights':<44} {'steps':>5} {'present':>8} {'<=1px':>8} {'median px':>10}")

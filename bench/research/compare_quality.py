@@ -1,7 +1,8 @@
-"""Paired differences between `bench/quality.py` results: is B better than A, beyond the noise?
+"""Paired differences between `bench/research/quality.py` results: is B better than A, beyond
+the noise?
 
-    python bench/compare_quality.py A.json B.json [C.json ...] [--metrics direction presence]
-                                    [--out bench/results/compare_quality.json]
+    python bench/research/compare_quality.py A.json B.json [C.json ...] [--metrics direction presence]
+                                             [--out bench/results/compare_quality.json]
 
 Two weights scored on the same prompts and seeds make the same videos' worth of comparisons:
 each video of B is paired with A's video of the same schedule, length, prompt and seed, and the

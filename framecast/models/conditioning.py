@@ -1,0 +1,19 @@
+"""What a video DiT is conditioned on besides the noisy latents and the timestep.
+
+One small dataclass so a new signal (audio, camera, masks) is a new field, not a new positional
+argument threaded through every caller of `embed` and of the block loop.
+
+Shape legend: B batch, S text tokens, D text width, F latent frames (after temporal patching).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    text_BSD: torch.Tensor                      # text encoder states [B, S, text_dim]
+    actions_BF: Optional[torch.Tensor] = None   # discrete action ids per patched latent frame (play models)
