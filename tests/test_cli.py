@@ -33,7 +33,7 @@ def test_generate_mp4_with_progress_and_summary(tmp_path, capsys):
     rc, stdout, err = run(capsys, "generate", PROMPT, "--frames", "12", "--out", str(out), "sampler.steps=2")
     assert rc == 0
     assert "denoise" in err and "frames" in err  # tqdm bars
-    assert f"wrote 12 frames" in stdout and str(out) in stdout and "peak RSS" in stdout
+    assert "wrote 12 frames" in stdout and str(out) in stdout and "peak RSS" in stdout
     video = read_video(out)
     assert video.shape == (12, 32, 32, 3) and video.dtype == np.uint8
     assert not (tmp_path / "v.partial.mp4").exists()
@@ -114,32 +114,13 @@ def test_unwritable_output_dir(tmp_path, capsys):
     assert rc == 2 and "writable" in err
 
 
-def _access_as_owner(monkeypatch, under):
-    """`os.access` for paths below `under` answers from the owner's mode bits, as it does for an
-    unprivileged owner (root's access() ignores them); every other path is asked as usual."""
-    real = os.access
-
-    def access(path, mode, *args, **kwargs):
-        full = os.path.abspath(path)
-        if full != str(under) and not full.startswith(str(under) + os.sep):
-            return real(path, mode, *args, **kwargs)
-        try:
-            st_mode = os.stat(full).st_mode
-        except OSError:
-            return False
-        need = [(os.R_OK, stat.S_IRUSR), (os.W_OK, stat.S_IWUSR), (os.X_OK, stat.S_IXUSR)]
-        return all(st_mode & bit for flag, bit in need if mode & flag)
-
-    monkeypatch.setattr(os, "access", access)
-
-
-def test_unwritable_output_dir_as_any_user(tmp_path, capsys, monkeypatch):
+def test_unwritable_output_dir_as_any_user(tmp_path, capsys, access_as_owner):
     """The twin of test_unwritable_output_dir that also runs as root: the folder's mode bits say
     read-only and access() is asked as the owner would be."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    _access_as_owner(monkeypatch, tmp_path)
+    access_as_owner(tmp_path)
     try:
         for out in (str(locked / "v.mp4"), f"{locked}/frames/"):
             rc, stdout, err = run(capsys, "generate", PROMPT, "--frames", "2", "--out", out, "--quiet")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from framecast.config import load_config
-from framecast.world.train import TrainOptions, predict, sample_sigmas, train
+from framecast.world.train import TrainOptions, sample_sigmas, train
 
 # A much smaller model than the tiny preset, so a run of a few dozen steps takes seconds.
 SMALL = ["model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=16",

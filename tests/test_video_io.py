@@ -1,6 +1,5 @@
 import os
 import signal
-import stat
 import subprocess
 import sys
 import textwrap
@@ -221,23 +220,10 @@ def test_read_only_parent_refused(tmp_path):
         ro.chmod(0o700)
 
 
-def test_read_only_parent_refused_as_any_user(tmp_path, monkeypatch):
+def test_read_only_parent_refused_as_any_user(tmp_path, access_as_owner):
     """The twin of test_read_only_parent_refused that also runs as root: the same 0o500 folder, with
     access() answered from its owner's mode bits as for an unprivileged owner (root's ignores them)."""
-    real = os.access
-
-    def access(path, mode, *args, **kwargs):
-        full = os.path.abspath(path)
-        if full != str(tmp_path) and not full.startswith(str(tmp_path) + os.sep):
-            return real(path, mode, *args, **kwargs)
-        try:
-            st_mode = os.stat(full).st_mode
-        except OSError:
-            return False
-        need = [(os.R_OK, stat.S_IRUSR), (os.W_OK, stat.S_IWUSR), (os.X_OK, stat.S_IXUSR)]
-        return all(st_mode & bit for flag, bit in need if mode & flag)
-
-    monkeypatch.setattr(video_io.os, "access", access)
+    access_as_owner(tmp_path)
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
     try:
