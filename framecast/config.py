@@ -8,9 +8,11 @@ Every field carries its meaning and unit. Unknown keys, wrong types and out-of-r
 from __future__ import annotations
 
 import importlib.resources
+import math
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import List, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -95,6 +97,7 @@ class ParallelConfig:
     ray_address: str = ""  # "" starts a local Ray instance; "auto" joins a running cluster
     placement: str = "PACK"  # Ray placement-group strategy: PACK | SPREAD
     layer_split: List[int] = field(default_factory=list)  # layers per worker; [] = as even as possible
+    timeout_s: int = 600  # seconds a worker waits on a peer (process-group timeout) before the run fails naming it
 
 
 @dataclass
@@ -130,7 +133,7 @@ MINIMUM = {
     "text.max_length": 1, "vae.temporal_stride": 1, "vae.spatial_stride": 1,
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
-    "parallel.workers": 1, "seed": 0,
+    "parallel.workers": 1, "parallel.timeout_s": 1, "seed": 0,
 }
 
 
@@ -200,6 +203,9 @@ def load_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> Config:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
             raise ConfigError(_one_line(e, f"override {item!r}")) from None
+        except (yaml.YAMLError, UnicodeError) as e:  # the value is parsed as YAML: ":" or control characters
+            msg = " ".join(str(e).split())[:160]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({msg})") from None
     merged.preset = preset
     cfg = OmegaConf.to_object(merged)
     validate(cfg)
@@ -213,8 +219,26 @@ def _get(cfg: Config, key: str):
     return value
 
 
+def _floats(node, prefix: str = ""):
+    """(dotted key, value) of every float field in the config tree."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            yield from _floats(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{f.name}", value
+
+
 def validate(cfg: Config) -> None:
     """Range and choice checks; raises ConfigError naming the key and the allowed values."""
+    from framecast.models.attention import BACKENDS  # names only; backends import lazily
+
+    for key, value in _floats(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not a finite number")
+    if cfg.model.attn_backend not in BACKENDS:
+        raise ConfigError(f"model.attn_backend={cfg.model.attn_backend!r} is not allowed; choose one of: "
+                          f"{', '.join(BACKENDS)}")
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:

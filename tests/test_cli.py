@@ -176,3 +176,26 @@ def test_engine_stream_and_generate_from_python(tmp_path):
     with pytest.raises(RequestError, match="prompt must be a string"):
         engine.generate(42, frames=5, out=tmp_path / "w.mp4")
     assert not (tmp_path / "w.mp4").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--seconds", "1e9"], "is more than schedule.name=rollout can make here: at most"),
+    (["--seconds", "1e9", "--schedule", "dualparal"], "its plan lists every block-pass up front"),
+    (["--frames", "4", "sampler.guidance_scale=nan"], "sampler.guidance_scale=nan is not a finite number"),
+    (["--frames", "4", "model.attn_backend=nope"], "model.attn_backend='nope' is not allowed; choose one of: sdpa"),
+    (["--frames", "4", "--out", "missing/dir/a.mp4"], "folder"),
+])
+def test_refused_in_one_line_before_any_model_work(tmp_path, capsys, monkeypatch, argv, needle):
+    """Lengths beyond what the schedule can hold, non-finite or unknown config values, and a missing
+    output folder fail with one line before a model is built or any noise is drawn."""
+    import framecast.engine.components as components
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(components, "build_model", no_model)
+    monkeypatch.chdir(tmp_path)
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "v.mp4")]
+    rc, stdout, err = run(capsys, "generate", PROMPT, *out, "--quiet", *argv)
+    assert rc == 2 and needle in err and err.strip().count("\n") == 0, err
+    assert os.listdir(tmp_path) == []

@@ -12,7 +12,7 @@ tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
-DIST_OF = {"flash_attn": "flash-attn", "av": "av", "PIL": "pillow"}
+DIST_OF = {"flash_attn": "flash-attn", "av": "av", "PIL": "pillow", "yaml": "pyyaml"}
 # declared but used without an import statement of ours
 NOT_IMPORTED = {
     "websockets": "uvicorn's WebSocket protocol for `framecast serve` (uvicorn ws='auto')",
@@ -21,7 +21,8 @@ NOT_IMPORTED = {
     "pytest-timeout": "the pytest plugin behind [tool.pytest.ini_options] timeout",
     "flash-attn": "imported by name through the attention registry (models/attention.py)",
 }
-LOCAL = {"framecast", "tiny_wan", "generate", "bench"}  # our own modules (tests/, bench/)
+# our own modules: the package and the helper modules beside the tests and benchmarks
+LOCAL = {"framecast", "bench"} | {p.stem for folder in ("tests", "bench") for p in (ROOT / folder).rglob("*.py")}
 
 
 def _declared() -> set[str]:

@@ -355,8 +355,14 @@ def test_engine_streams_nfd_with_actions():
     assert frames[0].shape == (16, 16, 3) and frames[0].dtype == np.uint8
     with pytest.raises(ValueError, match="unknown action 'jump'; valid: none, up, down, left, right"):
         engine.stream("", frames=2, actions=["none", "jump"])
-    with pytest.raises(ValueError, match="actions: 1 given for 2 frames"):
-        engine.stream("", frames=2, actions=["none"])
+    with pytest.raises(ValueError, match="actions: 3 given for 2 frames"):
+        engine.stream("", frames=2, actions=["none", "up", "up"])
+    with pytest.raises(ValueError, match="actions: 0 given for 2 frames"):
+        engine.stream("", frames=2, actions=[])
+    # fewer actions than frames: the last one holds, as `framecast play --frames` does
+    held = list(engine.stream("", frames=4, seed=4, actions=["none", "right"]))
+    spelled = list(engine.stream("", frames=4, seed=4, actions=["none", "right", "right", "right"]))
+    assert all(np.array_equal(a, b) for a, b in zip(held, spelled)) and len(held) == 4
     text = Engine.from_preset("tiny", ["schedule.name=full"])
     with pytest.raises(ValueError, match="actions are taken by schedules with actions"):
         text.stream("a red circle moving right", frames=2, actions=["none", "up"])

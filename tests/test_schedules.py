@@ -135,3 +135,27 @@ def test_nfd_latents_out_equals_the_streamed_frames(tmp_path):
     lat = torch.load(tmp_path / "l.pt")
     assert lat.shape[2] == 4
     np.testing.assert_array_equal(read_video(tmp_path / "v"), streamed)
+
+
+@pytest.mark.parametrize("schedule", ["full", "rollout", "dualparal", "nfd"])
+def test_a_set_cancel_event_stops_the_schedule_between_steps(schedule):
+    """Engine.stream(cancel=event): once the event is set the schedule stops at its next step
+    (DualParal: its next worker call) and raises Cancelled; the engine stays usable."""
+    import threading
+
+    from framecast import Engine
+    from framecast.schedulers.base import Cancelled
+
+    preset = "tiny-play" if schedule == "nfd" else "tiny"
+    prompt = "" if schedule == "nfd" else "a red circle moving right"
+    overrides = SMALL + [f"schedule.name={schedule}", "schedule.nfd.first_frame=generate",
+                         "schedule.dualparal.block_frames=2", "schedule.dualparal.context_frames=1"]
+    with Engine.from_preset(preset, overrides) as engine:
+        calls = []
+        engine.model.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(Cancelled):
+            list(engine.stream(prompt, frames=24, seed=1, cancel=cancel))
+        assert len(calls) <= 2, f"{len(calls)} model passes after the cancel"  # one step at most
+        assert len(list(engine.stream(prompt, frames=3, seed=1))) == 3

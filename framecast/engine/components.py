@@ -140,21 +140,40 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
     return model, text
 
 
-def load_configured_weights(cfg: Config):
-    """(model, text encoder) from cfg.model.weights: builtin:NAME, or a world weights file
-    (`framecast train`'s weights.safetensors, or its --out folder)."""
+def configured_weights_path(cfg: Config) -> tuple[Path, str]:
+    """(world weights file, how to name it in errors) for cfg.model.weights: builtin:NAME, a
+    `framecast train --out` folder or its weights.safetensors."""
+    import importlib.resources
+
     w = cfg.model.weights
     if w.startswith("builtin:"):
-        return load_builtin(w.split(":", 1)[1], cfg)
+        name = w.split(":", 1)[1]
+        path = importlib.resources.files("framecast.weights").joinpath(f"{name}.safetensors")
+        if not path.is_file():
+            raise ConfigError(f"model.weights='builtin:{name}': no shipped weights named {name!r}")
+        return Path(str(path)), f"builtin weights {name!r}"
     path = Path(w) / "weights.safetensors" if Path(w).is_dir() else Path(w)
     if not path.is_file() or path.suffix != ".safetensors":
         raise ConfigError(f"model.weights={w!r}: use builtin:NAME, a `framecast train --out` folder or its "
                           f"weights.safetensors (a Wan checkpoint folder goes to --checkpoint DIR)")
-    return load_world_weights(path, cfg)
+    return path, f"weights {str(path)!r}"
 
 
-def build_model(cfg: Config, checkpoint: str | Path | None = None):
-    """The transformer on cfg.device in cfg.model.dtype (eval mode)."""
+def load_configured_weights(cfg: Config):
+    """(model, text encoder) from cfg.model.weights: builtin:NAME, or a world weights file
+    (`framecast train`'s weights.safetensors, or its --out folder)."""
+    if cfg.model.weights.startswith("builtin:"):
+        return load_builtin(cfg.model.weights.split(":", 1)[1], cfg)
+    path, what = configured_weights_path(cfg)
+    return load_world_weights(path, cfg, what)
+
+
+def build_model(cfg: Config, checkpoint: str | Path | None = None, layers: range | None = None):
+    """The transformer on cfg.device in cfg.model.dtype (eval mode). With `layers`: one pipeline
+    stage of it (`build_stage`): only those blocks (the others `nn.Identity`) plus the shared
+    embedding and head modules, loaded without ever holding the rest."""
+    if layers is not None:
+        return build_stage(cfg, checkpoint, layers)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
     if checkpoint is not None:
         from framecast.engine.wan_checkpoint import load_wan_transformer
@@ -168,23 +187,137 @@ def build_model(cfg: Config, checkpoint: str | Path | None = None):
     return model.to(device).eval()
 
 
-def build_text(cfg: Config, checkpoint: str | Path | None = None):
-    """The text encoder: `.encode(list[str]) -> [B, S, text_dim]`."""
+def build_text(cfg: Config, checkpoint: str | Path | None = None, dtype: torch.dtype | None = None):
+    """The text encoder: `.encode(list[str]) -> [B, S, text_dim]`. `dtype`: the UMT5 encoder's
+    dtype (None: fp32; diffusers' WanPipeline runs it in the pipeline dtype). The built-in world
+    encoder (two embedding tables) always runs in fp32."""
     from framecast.engine.text import BuiltinTextEncoder, UMT5TextEncoder
 
     device = resolve_device(cfg.device)
     if checkpoint is not None:
-        return UMT5TextEncoder(checkpoint, max_length=cfg.text.max_length, device=device)
+        return UMT5TextEncoder(checkpoint, max_length=cfg.text.max_length, device=device, dtype=dtype)
     if cfg.text.kind != "builtin":
         raise ConfigError("text.kind=umt5 loads from a checkpoint folder: pass --checkpoint DIR "
                           "(without one only text.kind=builtin is available)")
     if cfg.model.weights:
-        _, text = load_configured_weights(cfg)
+        text = load_world_text(cfg)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model.init_seed + 1)
             text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
     return text.to(device).eval()
+
+
+# ---- one pipeline stage ----------------------------------------------------------------------
+# What a stage holds: the blocks in its `layers`, plus the modules outside `blocks` — the patch,
+# condition (time, text[, action]) embedders and the head (`norm_out`, `proj_out`,
+# `scale_shift_table`). Every stage needs the embedders: `run_model` calls `model.embed` on every
+# pass to rebuild the conditioning (timestep modulation, text projection), only hidden states travel
+# between stages. Only the last stage runs the head, but it is kept everywhere: it is
+# dim x (out_channels·patch) + 2·dim values (≈ 0.1 M for Wan-1.3B, 0.3 M for 14B, < 0.01 % of the
+# model), and keeping it leaves no meta tensor in any stage's model.
+
+
+def _check_stage_layers(cfg: Config, layers: range) -> None:
+    n = cfg.model.num_layers
+    if not (isinstance(layers, range) and layers.step == 1 and 0 <= layers.start < layers.stop <= n):
+        raise ValueError(f"stage layers {layers!r}: expected a non-empty range(start, stop) within "
+                         f"model.num_layers={n}")
+
+
+def build_stage(cfg: Config, checkpoint: str | Path | None, layers: range):
+    """Pipeline stage `layers` of the transformer on cfg.device in cfg.model.dtype (eval mode), each
+    kept tensor equal to the full build's (`build_model` then `prune_blocks`):
+    - checkpoint folder (diffusers or original Wan layout, sharded or not): built on the meta
+      device, only the stage's tensors read from the safetensors files, each cast straight to its
+      dtype onto the device (`load_wan_stage`); the whole folder's keys and shapes are checked;
+    - world weights (builtin:NAME, `framecast train` output): the same from its `transformer.*` keys;
+    - random init (tests, benches): the model is constructed as the full build does, with the same
+      seed and so the same random draws, but each block outside `layers` is dropped the moment it
+      is built (a module registration hook swaps it for `nn.Identity`): the CPU holds the stage in
+      fp32 plus one block at most, never the whole model."""
+    from framecast.engine.wan_checkpoint import load_wan_stage
+
+    _check_stage_layers(cfg, layers)
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
+    if checkpoint is not None:
+        model = load_wan_stage(Path(checkpoint) / "transformer", layers, dtype=dtype, device=device)
+        if len(model.blocks) != cfg.model.num_layers:
+            raise CheckpointError(f"checkpoint {checkpoint}: {len(model.blocks)} transformer blocks but "
+                                  f"model.num_layers={cfg.model.num_layers}")
+        return model
+    if cfg.model.weights:
+        return _world_stage(cfg, layers, dtype, device)
+    model = _random_stage(cfg, layers)
+    model = model.cast(dtype) if dtype != torch.float32 else model
+    return model.to(device).eval()
+
+
+def _world_stage(cfg: Config, layers: range, dtype: torch.dtype, device: torch.device):
+    """Stage `layers` from a world weights file's `transformer.*` keys (read as `load_wan_stage`)."""
+    from framecast.engine.wan_checkpoint import index_weights, load_stage_weights
+    from framecast.models.registry import model_class
+
+    path, what = configured_weights_path(cfg)
+    prefix = "transformer."
+    index = index_weights([path], rename=lambda k: k[len(prefix):], select=lambda k: k.startswith(prefix))
+    blocks = {int(k.split(".")[1]) for k in index if k.startswith("blocks.")}
+    if blocks and len(blocks) != cfg.model.num_layers:
+        raise CheckpointError(f"{what} have {len(blocks)} transformer blocks but model.num_layers="
+                              f"{cfg.model.num_layers}: use model.num_layers={len(blocks)}")
+    with torch.device("meta"):
+        model = model_class(cfg.model.kind)(**model_kwargs(cfg))
+    return load_stage_weights(model, layers, index, dtype, device, what, "world weights")
+
+
+def _random_stage(cfg: Config, layers: range):
+    """`_random_model(cfg)` with the blocks outside `layers` replaced by `nn.Identity` as each is
+    registered: the same constructors run in the same order from the same seed, so the kept
+    tensors are bitwise those of the full random build; a dropped block is freed right away."""
+    from torch import nn
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    from framecast.models.registry import model_class
+
+    cls = model_class(cfg.model.kind)
+    with torch.device("meta"):  # which class the blocks are (free: no memory, no random draws)
+        block_type = type(cls(**model_kwargs(cfg)).blocks[0])
+
+    def drop(parent, name, module):
+        if type(module) is block_type and isinstance(parent, nn.ModuleList) and int(name) not in layers:
+            return nn.Identity()
+        return None
+
+    handle = register_module_module_registration_hook(drop)
+    try:
+        model = _random_model(cfg)
+    finally:
+        handle.remove()
+    if any(type(b) is block_type for i, b in enumerate(model.blocks) if i not in layers) or \
+            any(type(model.blocks[i]) is not block_type for i in layers):
+        raise RuntimeError(f"random stage {layers}: blocks were not dropped as registered")
+    return model
+
+
+def load_world_text(cfg: Config):
+    """The built-in world text encoder from cfg.model.weights, reading only its `text_encoder.*`
+    tensors (not the transformer's)."""
+    from safetensors import safe_open
+
+    from framecast.engine.text import BuiltinTextEncoder
+
+    path, what = configured_weights_path(cfg)
+    prefix = "text_encoder."
+    with safe_open(str(path), framework="pt") as f:
+        part = {k[len(prefix):]: f.get_tensor(k).clone() for k in f.keys() if k.startswith(prefix)}
+    with torch.device("meta"):  # no memory and no random draws for weights about to be replaced
+        text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
+    try:
+        text.load_state_dict(part, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{what} do not match the preset's model config: "
+                              f"{str(e).splitlines()[0]}") from None
+    return text
 
 
 def build_vae(cfg: Config, checkpoint: str | Path | None = None):

@@ -63,8 +63,10 @@ class Engine:
 
     @property
     def text(self):
-        from framecast.engine.components import build_text
-        return self._part("text", build_text)
+        from framecast.engine.components import DTYPES, build_text
+
+        # in the model dtype, as diffusers' WanPipeline and the DualParal workers run it
+        return self._part("text", lambda cfg, ckpt: build_text(cfg, ckpt, dtype=DTYPES[cfg.model.dtype]))
 
     @property
     def vae(self):
@@ -142,13 +144,16 @@ class Engine:
     # ----------------------------------------------------------------------------------- stream
     def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                seed: Optional[int] = None, negative_prompt: Optional[str] = None,
-               actions: Optional[Sequence] = None, progress: bool = False) -> Iterator[np.ndarray]:
+               actions: Optional[Sequence] = None, progress: bool = False, cancel=None) -> Iterator[np.ndarray]:
         """Yield uint8 frames [H, W, 3] as they are decoded, for every schedule. `actions`
         (schedules with actions, e.g. nfd): one action per frame (names in
-        `world.captions.ACTIONS` or ids); default "none" throughout."""
+        `world.captions.ACTIONS` or ids); fewer than `frames`: the last one holds for the rest;
+        default "none" throughout. `cancel`: a threading.Event; once set, the schedule stops
+        between denoising steps (DualParal: between worker calls) and the stream raises
+        `framecast.schedulers.base.Cancelled`."""
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
         ids = self._check(req, actions)
-        return self._stream(req, progress, ids)
+        return self._stream(req, progress, ids, cancel=cancel)
 
     def _check(self, req: Request, actions: Optional[Sequence]) -> Optional[list[int]]:
         """Everything about a request that can fail before any model work; the action ids."""
@@ -162,11 +167,11 @@ class Engine:
         return ids
 
     def _stream(self, req: Request, progress: bool, actions: Optional[list[int]], record=None,
-                sink=None) -> Iterator[np.ndarray]:
+                sink=None, cancel=None) -> Iterator[np.ndarray]:
         from framecast.engine.video_io import to_uint8
 
         decoder = self.vae.decoder()
-        for lat in self.schedule.latents(req, actions, progress, record):
+        for lat in self.schedule.latents(req, actions, progress, record, cancel):
             if sink is not None:
                 sink.append(lat.float().cpu())
             video = decoder.decode(lat)[0]  # (3, f, H, W)

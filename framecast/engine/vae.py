@@ -49,8 +49,10 @@ class WanVAE:
         self.temporal_stride = int(getattr(cfg, "scale_factor_temporal", 4))
         self.spatial_stride = int(getattr(cfg, "scale_factor_spatial", 8))
         shape = (1, cfg.z_dim, 1, 1, 1)
-        self.mean = torch.tensor(cfg.latents_mean).view(shape)
-        self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(shape)
+        # normalisation constants live where the VAE does (moved once, not per decoded chunk)
+        self.device = torch.device(device)
+        self.mean = torch.tensor(cfg.latents_mean).view(shape).to(self.device, dtype)
+        self.inv_std = (1.0 / torch.tensor(cfg.latents_std).view(shape)).to(self.device, dtype)
         for name in ("clear_cache", "post_quant_conv", "decoder"):
             if not hasattr(self.vae, name):
                 raise RuntimeError(f"this diffusers AutoencoderKLWan has no {name!r}; streaming decode needs it")
@@ -77,8 +79,9 @@ class WanDecoder:
     @torch.no_grad()
     def decode(self, lat_BCFHW: torch.Tensor) -> torch.Tensor:
         vae = self.wan.vae
-        lat = lat_BCFHW.to(vae.dtype)
-        lat = lat / self.wan.inv_std.to(lat) + self.wan.mean.to(lat)
+        # latents may come from the host (a pipeline's finished blocks, a resume record): to the VAE's device
+        lat = lat_BCFHW.to(self.wan.device, vae.dtype)
+        lat = lat / self.wan.inv_std + self.wan.mean
         x = vae.post_quant_conv(lat)  # 1x1x1 conv: frame-wise, so chunking does not change it
         outs = []
         for i in range(x.shape[2]):

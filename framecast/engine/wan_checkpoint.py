@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
 
 import torch
+from torch import nn
 
 from framecast.models.wan import KEEP_FP32, WanModel
 
@@ -63,15 +64,17 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the path and the problem."""
 
 
+def convert_original_key(key: str) -> str:
+    """One original Wan-AI key name (optionally prefixed `model.diffusion_model.`) -> diffusers name."""
+    new = key[len(ORIGINAL_PREFIX):] if key.startswith(ORIGINAL_PREFIX) else key
+    for old, rep in ORIGINAL_TO_DIFFUSERS:
+        new = new.replace(old, rep)
+    return new
+
+
 def convert_original_state_dict(sd: dict) -> dict:
     """Original Wan-AI key names (optionally prefixed `model.diffusion_model.`) -> diffusers names."""
-    out = {}
-    for key, value in sd.items():
-        new = key[len(ORIGINAL_PREFIX):] if key.startswith(ORIGINAL_PREFIX) else key
-        for old, rep in ORIGINAL_TO_DIFFUSERS:
-            new = new.replace(old, rep)
-        out[new] = value
-    return out
+    return {convert_original_key(key): value for key, value in sd.items()}
 
 
 def _read_config(folder: Path) -> dict:
@@ -144,51 +147,140 @@ def _names(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
-def load_wan_transformer(path: Union[str, Path], dtype: torch.dtype = torch.float32,
-                         device: Union[str, torch.device] = "cpu") -> WanModel:
-    """A `WanModel` in eval mode with the folder's weights. For dtype != fp32 the fp32-kept modules
-    (time embedder, modulation tables, norms) stay fp32, as with `WanModel.cast`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# ---- reading a model, or one pipeline stage of it, tensor by tensor ---------------------------
 
+# A safetensors file is memory-mapped; every page a read touches stays in the process's RSS until
+# the mapping closes. Files are reopened after this many bytes have been read through one mapping,
+# so a stage's peak is its own tensors plus at most this much (measured: bench/dualparal_memory.py).
+REOPEN_BYTES = 16 << 20
+
+
+def tensor_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a floating tensor named `name` gets in a model of compute dtype `dtype`: fp32 for
+    the KEEP_FP32 modules (as `WanModel.cast`), else `dtype`."""
+    return torch.float32 if any(part in KEEP_FP32 for part in name.split(".")) else dtype
+
+
+def index_weights(files: list[Path], rename: Callable[[str], str] = lambda k: k,
+                  select: Callable[[str], bool] = lambda k: True) -> dict[str, tuple[Path, str, tuple]]:
+    """{model key: (file, key in the file, shape)} from the files' headers only (no tensor data).
+    `select(file key)` picks the keys that belong to the model; `rename` maps them to model keys."""
+    import safetensors
+
+    index: dict[str, tuple[Path, str, tuple]] = {}
+    for f in files:
+        try:
+            with safetensors.safe_open(str(f), framework="pt") as h:
+                entries = [(key, tuple(h.get_slice(key).get_shape())) for key in h.keys() if select(key)]
+        except (safetensors.SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
+        for key, shape in entries:
+            name = rename(key)
+            if name in index:
+                raise CheckpointError(f"{f}: key {name!r} also in another shard")
+            index[name] = (f, key, shape)
+    return index
+
+
+def check_weights(where: str, layout: str, expected: dict[str, tuple], index: dict) -> None:
+    """Every key of the whole model present with its shape, nothing else (headers only: each stage
+    checks the whole checkpoint, so a short or foreign file fails on every rank alike)."""
+    missing, unexpected = expected.keys() - index.keys(), index.keys() - expected.keys()
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match the config ({layout} layout): {len(missing)} missing "
+            f"[{_names(missing)}], {len(unexpected)} unexpected [{_names(unexpected)}]")
+    bad = [f"{k} {index[k][2]} vs {expected[k]}" for k in sorted(expected) if index[k][2] != expected[k]]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} shape mismatch(es) (file vs config): {'; '.join(bad[:3])}")
+
+
+def _device_name(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def read_weights(index: dict, names, dtype: torch.dtype, device="cpu") -> dict[str, torch.Tensor]:
+    """The tensors `names` (model keys of `index`), each read on its own, cast straight to its
+    `tensor_dtype` and placed on `device` in memory of its own (never a view of the file mapping).
+    Nothing else is read; at most one source tensor is alive besides the result."""
+    import safetensors
+
+    device = _device_name(device)
+    by_file: dict[Path, list[str]] = {}
+    for name in sorted(names):
+        by_file.setdefault(index[name][0], []).append(name)
+    out: dict[str, torch.Tensor] = {}
+    for f, file_names in by_file.items():
+        handle, read = None, 0
+        try:
+            for name in file_names:
+                if handle is None or read >= REOPEN_BYTES:  # drop the pages read so far from our RSS
+                    if handle is not None:
+                        handle.__exit__(None, None, None)
+                    handle, read = safetensors.safe_open(str(f), framework="pt").__enter__(), 0
+                src = handle.get_tensor(index[name][1])
+                read += src.numel() * src.element_size()
+                target = tensor_dtype(name, dtype) if src.is_floating_point() else src.dtype
+                out[name] = src.to(device=device, dtype=target, copy=True)
+                del src
+        except (safetensors.SafetensorError, OSError) as e:
+            raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
+        finally:
+            if handle is not None:
+                handle.__exit__(None, None, None)
+    return out
+
+
+def load_stage_weights(model: nn.Module, layers: Optional[range], index: dict, dtype: torch.dtype, device,
+                       where: str, layout: str) -> nn.Module:
+    """Fill `model` (built on the meta device) with the weights of `index`: the whole checkpoint is
+    checked against the model (headers only), the blocks outside `layers` become `nn.Identity`
+    (indices kept; None keeps all), and only the tensors the remaining model holds are read,
+    straight in their dtype onto `device`. Returns the model in eval mode."""
+    from framecast.parallel.stage import prune_blocks
+
+    check_weights(where, layout, {k: tuple(v.shape) for k, v in model.state_dict().items()}, index)
+    if layers is not None:
+        n = len(model.blocks)
+        if not (isinstance(layers, range) and layers.step == 1 and 0 <= layers.start < layers.stop <= n):
+            raise CheckpointError(f"{where}: stage layers {layers} are not a non-empty range within the "
+                                  f"checkpoint's {n} blocks")
+        prune_blocks(model, layers)
+    sd = read_weights(index, model.state_dict().keys(), dtype, device)
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
+    if left:
+        raise CheckpointError(f"{where}: {len(left)} tensor(s) not loaded [{_names(left)}]")
+    return model.eval()
+
+
+def load_wan_stage(path: Union[str, Path], layers: Optional[range], dtype: torch.dtype = torch.float32,
+                   device: Union[str, torch.device] = "cpu") -> WanModel:
+    """One pipeline stage of the folder's transformer: the blocks in `layers` (the others
+    `nn.Identity`, indices kept; None = all) plus the embedding and head modules, built on the
+    meta device and filled with only those tensors, each read from the safetensors files straight
+    in its dtype (fp32 for the KEEP_FP32 modules, else `dtype`) onto `device`. The whole folder is
+    still checked: a missing, unexpected or mis-shaped key anywhere is a `CheckpointError`."""
     folder = Path(path)
     cfg = _read_config(folder)
     original = _is_original(cfg)
     kwargs = _model_kwargs(cfg, folder / "config.json")
     files = _weight_files(folder)
     try:
-        # on the meta device: shapes only, no memory; the loaded tensors become the parameters
-        with torch.device("meta"):
+        with torch.device("meta"):  # shapes only, no memory; the loaded tensors become the parameters
             model = WanModel(**kwargs)
     except (TypeError, NotImplementedError, ValueError) as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    index = index_weights(files, rename=convert_original_key if original else (lambda k: k))
+    return load_stage_weights(model, layers, index, dtype, device, str(folder),
+                              "original Wan" if original else "diffusers")
 
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            part = load_file(str(f), device=str(device))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
-        if original:
-            part = convert_original_state_dict(part)
-        for key in list(part):
-            if key in sd:
-                raise CheckpointError(f"{f}: key {key!r} also in another shard")
-            tensor = part.pop(key)  # pop: convert one tensor at a time, never two copies of the model
-            if tensor.is_floating_point():
-                keep = any(p in KEEP_FP32 for p in key.split("."))
-                tensor = tensor.to(torch.float32 if keep else dtype)
-            sd[key] = tensor
 
-    missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
-    if missing or unexpected:
-        layout = "original Wan" if original else "diffusers"
-        raise CheckpointError(
-            f"{folder}: weights do not match the config ({layout} layout): {len(missing)} missing "
-            f"[{_names(missing)}], {len(unexpected)} unexpected [{_names(unexpected)}]")
-    bad = [f"{k} {tuple(sd[k].shape)} vs {expected[k]}" for k in sorted(expected) if tuple(sd[k].shape) != expected[k]]
-    if bad:
-        raise CheckpointError(f"{folder}: {len(bad)} shape mismatch(es) (file vs config): {'; '.join(bad[:3])}")
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.eval()
+def load_wan_transformer(path: Union[str, Path], dtype: torch.dtype = torch.float32,
+                         device: Union[str, torch.device] = "cpu") -> WanModel:
+    """A `WanModel` in eval mode with the folder's weights. For dtype != fp32 the fp32-kept modules
+    (time embedder, modulation tables, norms) stay fp32, as with `WanModel.cast`."""
+    return load_wan_stage(path, None, dtype, device)

@@ -6,7 +6,9 @@
 The world size is the product of the degrees. Ranks are laid out row-major over (cfg, sp, pp), so
 the pipeline neighbours of a rank are adjacent ranks (on one node with PACK placement).
 `new_groups()` creates one process group per dimension and group of ranks; schedules and workers
-take theirs by name (`groups.get_group("pp")`), never the default group. Pure data, plus that.
+take theirs by name (`groups.get_group("pp")`), never the default group; with `pp` > 1 there is also
+"pp_return" (the pp ranks again: the ring's last -> first direction on a communicator of its own).
+Pure data, plus that.
 """
 from __future__ import annotations
 
@@ -70,13 +72,20 @@ class ParallelDims:
                 group = dist.new_group(ranks)
                 if rank in ranks:
                     mine[name] = group
+            if name == "pp" and self.pp > 1:
+                # "pp_return": the pipeline's ranks again, for the last stage -> first stage message,
+                # so that direction has its own NCCL communicator (see parallel/ring.py)
+                for ranks in self.group_ranks("pp"):
+                    group = dist.new_group(ranks)
+                    if rank in ranks:
+                        mine["pp_return"] = group
         return NamedGroups(mine)
 
 
 @dataclass(frozen=True)
 class NamedGroups:
     """One rank's process group for each parallel dimension."""
-    groups: dict = field(default_factory=dict)  # "cfg" / "sp" / "pp" -> ProcessGroup
+    groups: dict = field(default_factory=dict)  # "cfg" / "sp" / "pp" / "pp_return" -> ProcessGroup
 
     def get_group(self, name: str):
         if name not in self.groups:

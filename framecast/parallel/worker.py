@@ -31,7 +31,7 @@ class DualParalWorker:
         """One pipeline stage of the layout `dims` (ParallelDims with only `pp` > 1); `groups`: its
         named process groups (None for W=1). Built inside its process by a `WorkerHost`."""
         from framecast.engine.components import DTYPES, build_model, resolve_device, sampler_factory
-        from framecast.parallel.stage import StageRunner, prune_blocks, split_layers
+        from framecast.parallel.stage import StageRunner, split_layers
 
         if dims.world != dims.pp:
             raise ValueError(f"DualParal runs on pipeline stages only; got the layout {dims}")
@@ -40,17 +40,21 @@ class DualParalWorker:
         self.device = resolve_device(cfg.device)
         self.group = groups.get_group("pp") if groups is not None else None
         self.layers = split_layers(cfg.model.num_layers, world, list(cfg.parallel.layer_split))[rank]
-        model = build_model(cfg, checkpoint)
-        prune_blocks(model, self.layers)
+        # only this stage's blocks (+ the shared embed/head modules), read straight in the model dtype
+        model = build_model(cfg, checkpoint, layers=self.layers)
         self.model, self.dtype = model, DTYPES[cfg.model.dtype]
         self.stage = StageRunner(model, self.layers, first=rank == 0, last=rank == world - 1,
                                  attn_backend=cfg.model.attn_backend)
         self.make_sampler = sampler_factory(cfg)
-        self.timesteps = self.make_sampler().timesteps
+        self.timesteps = self.make_sampler().timesteps  # host: the samplers read it
+        self.timesteps_dev = self.timesteps.to(self.device)  # the model's copy, moved once
         self.ring = None
         if world > 1:
             from framecast.parallel.ring import Ring
-            self.ring = Ring(rank, world, self.device, group=self.group)
+            # activations on "pp", the velocity return (last -> 0) on "pp_return": one NCCL
+            # communicator per direction, so neither queue waits behind the other (ring.py)
+            self.ring = Ring(rank, world, self.device, group=self.group,
+                             return_group=groups.get_group("pp_return"))
 
     def info(self) -> dict:
         return {"layers": [self.layers.start, self.layers.stop]}
@@ -58,6 +62,8 @@ class DualParalWorker:
     # ------------------------------------------------------------------------------- setup
     def setup(self, req: Request) -> dict:
         """Encode the prompt (rank 0) and share it; build the plan and the noise pool."""
+        import gc
+
         from framecast.engine.components import build_text
         from framecast.engine.denoise import cfg_prompts, guided
         from framecast.parallel.noise import NoisePool
@@ -72,7 +78,14 @@ class DualParalWorker:
         shape = (batch, cfg.text.max_length, cfg.model.text_dim)
         if self.rank == 0:
             prompts = cfg_prompts(req.prompt, req.negative_prompt, cfg.sampler.guidance_scale)
-            text = build_text(cfg, self.checkpoint).encode(prompts).to(self.device, self.dtype)
+            # the encoder is built for this request in the model dtype (diffusers' WanPipeline runs
+            # UMT5 in the pipeline dtype), used once and released: it never sits beside the stage
+            encoder = build_text(cfg, self.checkpoint, dtype=self.dtype)
+            text = encoder.encode(prompts).to(self.device, self.dtype)
+            del encoder
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
             shape = tuple(text.shape)
         if self.world > 1:  # text length can differ from the config (tokenizer): share the shape first
             meta = torch.tensor(shape if self.rank == 0 else (0, 0, 0), dtype=torch.long, device=self.device)
@@ -91,19 +104,21 @@ class DualParalWorker:
 
     # ------------------------------------------------------------------------------ helpers
     def _inputs(self, item) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_BCFHW, t_BF) for this block-pass; zeros as latents on stages other than the first."""
+        """(x_BCFHW, t_B) for this block-pass; zeros as latents on stages other than the first."""
         c, n = item.context_frames, item.own_frames
         batch = 2 if self.guided else 1
         if self.rank == 0:
             k = item.block.index
             own = self.lat[k]
             lat = torch.cat([self.lat[k - 1][:, :, -c:], own], dim=2) if c else own
-            x = lat.to(self.device, self.dtype).expand(batch, -1, -1, -1, -1)
+            x = lat.to(self.dtype).expand(batch, -1, -1, -1, -1)  # latents live on the device
         else:
             x = torch.zeros((batch, *self.frame_shape[:1], c + n, *self.frame_shape[1:]),
                             device=self.device, dtype=self.dtype)
-        t = self.timesteps[item.step].to(self.device)
-        return x, t.expand(batch, c + n)
+        # the whole window at the block's own level (DualParal §2.4): one timestep per CFG branch, the
+        # model's [B] path — the full schedule's call, and one embedding row instead of one per frame
+        t = self.timesteps_dev[item.step]
+        return x, t.expand(batch)
 
     def _run(self, item, x_BLD=None) -> torch.Tensor:
         x, t = self._inputs(item)
@@ -120,15 +135,16 @@ class DualParalWorker:
     def _start_block(self, item) -> None:
         b = item.block
         if item.step == 0 and b.index not in self.lat:
-            noise_FCHW = self.noise.block_noise(b.index, b.stop - b.start)
-            self.lat[b.index] = noise_FCHW.permute(1, 0, 2, 3)[None].contiguous()  # (1, C, n, h, w)
+            noise_FCHW = self.noise.block_noise(b.index, b.stop - b.start)  # host: a function of (seed, block)
+            self.lat[b.index] = noise_FCHW.permute(1, 0, 2, 3)[None].to(self.device)  # (1, C, n, h, w), moved once
             self.samplers[b.index] = self.make_sampler()
 
     def _apply(self, item, v: torch.Tensor, finished: list) -> None:
         k = item.block.index
-        self.lat[k] = self.samplers[k].step(v.to(self.lat[k].device), self.timesteps[item.step], self.lat[k])
+        # the sampler's math and history stay on the device; its timestep table is the host's
+        self.lat[k] = self.samplers[k].step(v, self.timesteps[item.step], self.lat[k])
         if item.step == len(self.timesteps) - 1:
-            finished.append((k, item.block.start, item.block.stop, self.lat[k].float().cpu()))
+            finished.append((k, item.block.start, item.block.stop, self._to_host(self.lat[k].float())))
             self.finished_count += 1
             del self.samplers[k]
             self.lat.pop(k - 1, None)  # block k no longer needs its context
@@ -144,8 +160,21 @@ class DualParalWorker:
             raise RuntimeError(f"run_ticks({start}, {stop}) out of order; next tick is {self.next_tick}")
         items = [it for tick in self.plan.ticks[start:stop] for it in tick.items]
         out = self._run_rank0(items) if self.rank == 0 else self._run_stage(items)
+        self._host_copies_done()
         self.next_tick = stop
         return out
+
+    def _to_host(self, x: torch.Tensor) -> torch.Tensor:
+        """A host copy for the driver or a resume record: pinned and non-blocking on a GPU (complete
+        once `_host_copies_done` returns)."""
+        if self.device.type != "cuda":
+            return x.cpu()
+        host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        return host.copy_(x, non_blocking=True)
+
+    def _host_copies_done(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _run_rank0(self, items) -> list:
         finished: list = []
@@ -200,15 +229,18 @@ class DualParalWorker:
     # ------------------------------------------------------------------------------ resume
     def state(self) -> dict:
         """Rank 0's resume point (valid between run_ticks calls): tick, live latents, samplers."""
-        return {"next_tick": self.next_tick, "finished": self.finished_count,
-                "lat": {k: v.cpu() for k, v in self.lat.items()}, "samplers": dict(self.samplers)}
+        state = {"next_tick": self.next_tick, "finished": self.finished_count,
+                 "lat": {k: self._to_host(v) for k, v in self.lat.items()},
+                 "samplers": {k: s.state_to("cpu") for k, s in self.samplers.items()}}
+        self._host_copies_done()
+        return state
 
     def load_state(self, state: dict) -> None:
         self.next_tick = state["next_tick"]
         self.finished_count = state["finished"]
         if self.rank == 0:
             self.lat = {k: v.to(self.device) for k, v in state["lat"].items()}
-            self.samplers = dict(state["samplers"])
+            self.samplers = {k: s.state_to(self.device) for k, s in state["samplers"].items()}
 
     def close(self) -> None:
         """Drop the request's state and the model (the host owns the process group)."""

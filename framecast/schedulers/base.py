@@ -21,6 +21,21 @@ if TYPE_CHECKING:
     from framecast.engine.request import Request
 
 
+# Limits of what a schedule holds at once, checked before any allocation (Schedule.check)
+MAX_NOISE_ELEMENTS = 2**28  # initial noise drawn up front for the whole video: 1 GiB in float32
+MAX_PLAN_ITEMS = 10_000_000  # block-passes or frames a plan lists up front (plans are data)
+
+
+class Cancelled(Exception):
+    """The caller's `cancel` event was set: the schedule stopped between steps."""
+
+
+def check_cancel(cancel) -> None:
+    """Raise `Cancelled` if `cancel` (a threading.Event or None) is set; schedules call it per step."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled by the caller")
+
+
 class Schedule:
     name: ClassVar[str] = ""
     Options: ClassVar[type]            # dataclass of the config section schedule.NAME
@@ -40,14 +55,31 @@ class Schedule:
         """Raise ValueError (one line) for a request this schedule cannot run; before any work."""
         if actions is not None and not self.takes_actions:
             raise ValueError(f"actions are taken by schedules with actions (nfd), not schedule.name={self.name!r}")
+        limit, why = self.max_frames(req)
+        if req.frames > limit:
+            raise ValueError(f"frames={req.frames} ({req.seconds:g} s) is more than schedule.name={self.name} "
+                             f"can make here: at most {limit} frames, because {why}")
+
+    def max_frames(self, req: "Request") -> tuple[int, str]:
+        """(most video frames this schedule can make for requests shaped like `req`, why)."""
+        return MAX_PLAN_ITEMS, f"its plan lists every frame up front (at most {MAX_PLAN_ITEMS:,})"
+
+    def _noise_limit(self, req: "Request") -> tuple[int, str]:
+        """The limit of schedules that draw the whole video's initial noise at once."""
+        per_frame = self.engine.cfg.model.in_channels * req.latent_height * req.latent_width
+        latent = max(1, MAX_NOISE_ELEMENTS // per_frame)
+        frames = (latent - 1) * self.engine.cfg.vae.temporal_stride + 1
+        return frames, (f"it draws the whole video's initial noise at once (at most {MAX_NOISE_ELEMENTS * 4 >> 30} GiB "
+                        f"in float32); schedule.name=dualparal makes longer videos block by block")
 
     def total_steps(self, req: "Request") -> int:
         """Model passes the progress bar counts (for the bar only)."""
         return 0
 
     def latents(self, req: "Request", actions: Optional[Sequence[int]], progress: bool,
-                record: Any = None) -> Iterator["torch.Tensor"]:
+                record: Any = None, cancel: Any = None) -> Iterator["torch.Tensor"]:
         """Finished latents [1, C, f, h, w] (f >= 1 latent frames), oldest first, each as soon as it is
         final. `actions`: one id per frame (takes_actions only); `record`: a resume record
-        (resumable only) holding what an interrupted run already finished."""
+        (resumable only) holding what an interrupted run already finished; `cancel`: a
+        threading.Event checked between denoising steps (`check_cancel`: raises `Cancelled`)."""
         raise NotImplementedError

@@ -204,10 +204,20 @@ class DualParalSchedule(Schedule):
                     f"(use parallel.launcher=torchrun or ray for more)")
         return None
 
-    def latents(self, req, actions, progress, record=None):
+    def max_frames(self, req):
+        from framecast.schedulers.base import MAX_PLAN_ITEMS
+
+        steps, n = self.engine.cfg.sampler.steps, self.options.block_frames
+        latent = max(1, MAX_PLAN_ITEMS // steps * n)
+        frames = (latent - 1) * self.engine.cfg.vae.temporal_stride + 1
+        return frames, (f"its plan lists every block-pass up front (at most {MAX_PLAN_ITEMS:,}: blocks of {n} "
+                        f"latent frames x {steps} steps)")
+
+    def latents(self, req, actions, progress, record=None, cancel=None):
         from tqdm.auto import tqdm
 
         from framecast.parallel.dims import ParallelDims
+        from framecast.schedulers.base import check_cancel
 
         engine = self.engine
         executor = engine.executor(WORKER, ParallelDims(pp=engine.cfg.parallel.workers))
@@ -232,6 +242,7 @@ class DualParalSchedule(Schedule):
         with tqdm(total=total["blocks"], desc="blocks", unit="block", disable=not progress) as bar:
             bar.update(done)
             for tick in range(start, total["ticks"], TICKS_PER_CALL):
+                check_cancel(cancel)  # between calls, where the pipeline is drained: the workers stay usable
                 finished = call("run_ticks", tick, min(tick + TICKS_PER_CALL, total["ticks"]))
                 if record is not None:
                     record.save(call("state"), finished)

@@ -16,6 +16,8 @@ Shape legend: lat_* is any latent, typically (B, C, F, H, W); the samplers are s
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -130,6 +132,20 @@ class _StepCounter:
 
     def _reset_state(self) -> None:
         pass
+
+    def state_to(self, device, non_blocking: bool = False):
+        """A copy whose per-sample state (multistep history) lives on `device`; the schedule tables
+        stay on the host (scalars read from them combine with device tensors). For resume records
+        (host) and their reload (device)."""
+        out = copy.copy(self)
+        for name, value in vars(self).items():
+            if name in ("sigmas", "timesteps"):
+                continue
+            if isinstance(value, torch.Tensor):
+                setattr(out, name, value.to(device, non_blocking=non_blocking))
+            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+                setattr(out, name, [v.to(device, non_blocking=non_blocking) for v in value])
+        return out
 
     @property
     def step_index(self) -> Optional[int]:

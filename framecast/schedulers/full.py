@@ -32,17 +32,22 @@ class FullSchedule(Schedule):
     name = "full"
     Options = FullOptions
 
+    def max_frames(self, req):
+        return self._noise_limit(req)
+
     def total_steps(self, req) -> int:
         return passes(req.latent_frames, self.options.lead_frames) * self.engine.cfg.sampler.steps
 
-    def latents(self, req, actions, progress, record=None) -> Iterator[torch.Tensor]:
+    def latents(self, req, actions, progress, record=None, cancel=None) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
+
+        from framecast.schedulers.base import check_cancel
 
         engine = self.engine
         denoise = engine.denoiser(req.prompt, req.negative_prompt)
         lat = engine.initial_latents(req).to(engine.device)
         with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
-            lat = denoise_full(denoise, lat, engine.make_sampler, on_step=lambda i: bar.update(),
+            lat = denoise_full(denoise, lat, engine.make_sampler, on_step=lambda i: (bar.update(), check_cancel(cancel)),
                                lead_frames=self.options.lead_frames)
         for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
             yield lat[:, :, f:f + 1]

@@ -5,6 +5,7 @@ same rollout through `Engine.play_session`, which this schedule uses with the ac
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -44,19 +45,26 @@ class NfdSchedule(Schedule):
         return None
 
     def check(self, req, actions) -> None:
-        if actions is not None and len(actions) != req.frames:
-            raise ValueError(f"actions: {len(actions)} given for {req.frames} frames; give one per frame")
+        super().check(req, actions)
+        if actions is not None and not 1 <= len(actions) <= req.frames:
+            raise ValueError(f"actions: {len(actions)} given for {req.frames} frames; give one per frame "
+                             f"(fewer: the last one holds for the rest)")
 
     def total_steps(self, req) -> int:
         return req.frames
 
-    def latents(self, req, actions, progress, record=None):
+    def latents(self, req, actions, progress, record=None, cancel=None):
         from tqdm.auto import tqdm
+
+        from framecast.schedulers.base import check_cancel
 
         session = self.engine.play_session(req.prompt, req.seed, total=req.frames)
         try:
             with tqdm(total=req.frames, desc="nfd", unit="frame", disable=not progress) as bar:
-                for a in actions if actions is not None else [0] * req.frames:
+                # fewer actions than frames: the last one holds (as `framecast play --frames`)
+                held = itertools.repeat(actions[-1] if actions else 0, req.frames - len(actions or ()))
+                for a in itertools.chain(actions or (), held):
+                    check_cancel(cancel)
                     yield session.push_latents(a)
                     bar.update()
         finally:

@@ -37,19 +37,24 @@ class RolloutSchedule(Schedule):
     name = "rollout"
     Options = RolloutOptions
 
+    def max_frames(self, req):
+        return self._noise_limit(req)
+
     def total_steps(self, req) -> int:
         o = self.options
         return len(chunks(req.latent_frames, o.chunk_frames, o.lead_frames)) * self.engine.cfg.sampler.steps
 
-    def latents(self, req, actions, progress, record=None) -> Iterator[torch.Tensor]:
+    def latents(self, req, actions, progress, record=None, cancel=None) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
+
+        from framecast.schedulers.base import check_cancel
 
         engine, o = self.engine, self.options
         denoise = engine.denoiser(req.prompt, req.negative_prompt)
         lat = engine.initial_latents(req).to(engine.device)
         with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
             for done in rollout(denoise, lat, engine.make_sampler, o.chunk_frames, o.chunk_context,
-                                on_step=lambda i: bar.update(), lead_frames=o.lead_frames):
+                                on_step=lambda i: (bar.update(), check_cancel(cancel)), lead_frames=o.lead_frames):
                 for f in range(done.shape[2]):  # each chunk leaves as soon as it is finished
                     yield done[:, :, f:f + 1]
 

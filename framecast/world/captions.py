@@ -4,7 +4,8 @@
     "a red circle moving right and a blue square moving down"
 
 `tokenize` maps a prompt to ids over `VOCABULARY` ("<pad>" = 0, "</s>" = 1); a word outside the
-vocabulary raises `UnknownWordsError` naming every unknown word (never silently dropped).
+vocabulary raises `UnknownWordsError` naming the first few unknown words, in prompt order (never
+silently dropped; at most `NAMED_UNKNOWN`, each cut to `NAMED_CHARS` characters, then "and N more").
 `parse_prompt` reads the grammar back into `ObjectSpec`s; `caption` writes it. A prompt names at
 most `MAX_OBJECTS` objects, in distinct colours (the metrics find objects by colour).
 """
@@ -20,6 +21,9 @@ ACTIONS = ("none", "up", "down", "left", "right")
 MAX_OBJECTS = 2  # a world clip holds 1-2 shapes; also what fits in 16 tokens (11 words + "</s>")
 VOCABULARY = ("<pad>", "</s>", "a", "an", "and", "moving", "the", "player", "white") + COLOURS + SHAPES + DIRECTIONS \
     + ("none", "still")
+WORD_IDS = {w: i for i, w in enumerate(VOCABULARY)}
+NAMED_UNKNOWN = 5  # an error names this many unknown words; a prompt may hold thousands
+NAMED_CHARS = 24  # and quotes at most this much of each
 
 
 class UnknownWordsError(ValueError):
@@ -39,11 +43,14 @@ def words(prompt: str) -> list[str]:
 
 def tokenize(prompt: str, max_len: int = 16) -> list[int]:
     ws = words(prompt)
-    unknown = sorted({w for w in ws if w not in VOCABULARY}, key=ws.index)
+    unknown = list(dict.fromkeys(w for w in ws if w not in WORD_IDS))  # first-seen order, linear time
     if unknown:
-        raise UnknownWordsError(f"the built-in world does not know the word(s) {', '.join(map(repr, unknown))}; "
+        named = ", ".join(repr(w) if len(w) <= NAMED_CHARS else repr(w[:NAMED_CHARS]) + "..."
+                          for w in unknown[:NAMED_UNKNOWN])
+        more = f" and {len(unknown) - NAMED_UNKNOWN} more" if len(unknown) > NAMED_UNKNOWN else ""
+        raise UnknownWordsError(f"the built-in world does not know the word(s) {named}{more}; "
                                 f"known words: {' '.join(VOCABULARY[2:])}")
-    ids = [VOCABULARY.index(w) for w in ws] + [1]
+    ids = [WORD_IDS[w] for w in ws] + [1]
     if len(ids) > max_len:
         raise ValueError(f"prompt has {len(ids) - 1} words; at most {max_len - 1} fit the text encoder")
     return ids + [0] * (max_len - len(ids))
