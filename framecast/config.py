@@ -98,6 +98,7 @@ class ParallelConfig:
     placement: str = "PACK"  # Ray placement-group strategy: PACK | SPREAD
     layer_split: List[int] = field(default_factory=list)  # layers per worker; [] = as even as possible
     timeout_s: int = 600  # seconds a worker waits on a peer (process-group timeout) before the run fails naming it
+    connect_timeout_s: float = 30.0  # seconds to join a Ray cluster and to place its workers before failing
 
 
 @dataclass
@@ -133,7 +134,7 @@ MINIMUM = {
     "text.max_length": 1, "vae.temporal_stride": 1, "vae.spatial_stride": 1,
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
-    "parallel.workers": 1, "parallel.timeout_s": 1, "seed": 0,
+    "parallel.workers": 1, "parallel.timeout_s": 1, "parallel.connect_timeout_s": 0.1, "seed": 0,
 }
 
 

@@ -58,6 +58,25 @@ class SimulatedGpu(TorchFunctionMode):
         self.min_numel = min_numel
         self.h2d: list[tuple[tuple, str]] = []
 
+    def __enter__(self):
+        # nn.Parameter(t) (load_state_dict(assign=True), module construction) makes its tensor with
+        # `_make_subclass`, which no mode sees: carry the tag over by hand while the mode is active
+        real_new, mode = torch.nn.Parameter.__new__, self
+
+        def new(cls, data=None, requires_grad=True):
+            param = real_new(cls, data, requires_grad)
+            if data is not None and mode.on_gpu(data):
+                mode._tag(param)
+            return param
+
+        self._real_parameter_new = real_new
+        torch.nn.Parameter.__new__ = new
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.nn.Parameter.__new__ = self._real_parameter_new
+        return super().__exit__(*exc)
+
     # -- tags ---------------------------------------------------------------------------------
     def on_gpu(self, t) -> bool:
         ref = self._tags.get(id(t)) if isinstance(t, torch.Tensor) else None

@@ -46,7 +46,7 @@ class EchoSchedule(Schedule):
     name = "echo"
     Options = EchoOptions
 
-    def latents(self, req, actions, progress, record=None):
+    def latents(self, req, actions, progress, record=None, cancel=None):
         lat = self.engine.initial_latents(req) * self.options.scale
         for f in range(lat.shape[2]):
             yield lat[:, :, f:f + 1]

@@ -219,28 +219,35 @@ class Engine:
             from framecast.engine.resume import ResumeRecord
 
             record = ResumeRecord.for_request(self, req, out)
-            if resume:
-                record.check()
         elif resume:
             raise ValueError(f"--resume needs a schedule with resume points (dualparal), not "
                              f"schedule.name={self.cfg.schedule.name!r}")
-        writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume)
-        if record is not None and not resume:
-            record.create()
-        sink = [] if latents_out is not None else None
         try:
-            with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
-                for frame in self._stream(req, progress, ids, record, sink):
-                    writer.write(frame)
-                    bar.update()
-        except BaseException:
-            writer.abort()
-            if record is not None and not record.has_state():
-                record.remove()  # nothing to resume from
-            raise
-        writer.close()
-        if record is not None:
-            record.remove()
+            # A resume holds its record from here on (another live run for this output: refused) and
+            # never removes it unless the video completes: whatever fails, the record still holds
+            # its resume point (or a later one this run saved) for another --resume.
+            if resume:
+                record.check()
+            writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume)
+            if record is not None and not resume:
+                record.create()
+            sink = [] if latents_out is not None else None
+            try:
+                with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
+                    for frame in self._stream(req, progress, ids, record, sink):
+                        writer.write(frame)
+                        bar.update()
+            except BaseException:
+                writer.abort()
+                if record is not None and not resume and not record.has_state():
+                    record.remove()  # a new run that failed before its first resume point
+                raise
+            writer.close()
+            if record is not None:
+                record.remove()
+        finally:
+            if record is not None:
+                record.release()
         if sink is not None:
             torch.save(torch.cat(sink, dim=2), latents_out)
         if writer.frames_written != req.frames:

@@ -139,11 +139,13 @@ class Mp4Writer(VideoWriter):
         self.stream = None
         self.size = None  # (H, W) of the first frame
         self.frames_written = 0
+        self.opened = False  # NAME.partial.mp4 is this writer's (until then it may be an earlier run's)
 
     def _open(self, height: int, width: int) -> None:
         import av
 
         self.size = (height, width)
+        self.opened = True
         self.container = av.open(str(self.partial_path), "w", format="mp4", options={
             # a fragment per frame, written behind an empty moov: every finished fragment plays
             "movflags": "frag_every_frame+empty_moov+default_base_moof",
@@ -196,14 +198,15 @@ class Mp4Writer(VideoWriter):
 
     def abort(self) -> None:
         """Finalise what was written, left playable as NAME.partial.mp4 (not renamed); nothing is
-        left if no frame was written."""
+        left if no frame was written (an earlier run's NAME.partial.mp4 that this writer never
+        opened stays as it was)."""
         if self._done:
             return
         self._done = True
         try:
             self._finish()
         finally:
-            if self.frames_written == 0 and self.partial_path.exists():
+            if self.frames_written == 0 and self.opened and self.partial_path.exists():
                 self.partial_path.unlink()
 
 

@@ -91,8 +91,13 @@ def cmd_generate(args) -> int:
 
 def spawn_torchrun(argv: list[str], workers: int) -> int:
     """`framecast generate --launcher torchrun` outside torchrun: start a single-node torchrun job
-    on loopback running `framecast.launch.torchrun` with the same arguments."""
+    on loopback running `framecast.launch.torchrun` with the same arguments. Its stderr goes through
+    `TorchrunOutput`: framecast's own lines and progress bars pass as they come, torchrun's
+    tracebacks and failure report do not, and a failed job ends with one line naming the failed rank
+    (FRAMECAST_DEBUG=1 shows everything). The job dies with this process."""
+    import signal
     import subprocess
+    import threading
 
     from framecast.parallel.torchrun_executor import free_port
 
@@ -100,7 +105,147 @@ def spawn_torchrun(argv: list[str], workers: int) -> int:
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "framecast.launch.torchrun", *argv]
     env = dict(os.environ)
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    return subprocess.call(cmd, env=env)
+    if os.environ.get("FRAMECAST_DEBUG"):
+        return subprocess.call(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent(os.getpid()))
+    out = TorchrunOutput(sys.stderr)
+
+    def pump():
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            out.feed(chunk.decode("utf-8", "replace"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # the job got the same Ctrl-C: let torchrun stop its ranks
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait()
+    reader.join()
+    return out.finish(rc)
+
+
+def _die_with_parent(parent: int):
+    """A preexec_fn: the child gets SIGTERM when this process dies (Linux), so a killed `framecast`
+    never leaves a torchrun job behind still writing its output and resume record."""
+    def setup():
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl
+                os.kill(os.getpid(), signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+    return setup if sys.platform.startswith("linux") else None
+
+
+class TorchrunOutput:
+    """Filters a torchrun job's stderr for the user. Passed through as they come: framecast's own
+    lines (`framecast: ...`: messages, warnings, errors) and progress bars; held back: torchrun's
+    banners and logs, the ranks' tracebacks and the ChildFailedError report. `finish(rc)` then makes
+    framecast's error line the last line of a failed job: the error rank 0 printed (again, if
+    anything came after it), else one built from torchrun's report (the first failed rank, its pid
+    and how it ended), with a rank's own traceback shown first when framecast itself crashed there.
+    Returns the exit code to use."""
+
+    def __init__(self, stream):
+        import re
+
+        self.stream = stream
+        self.pending = ""  # text after the last line end (a progress bar being redrawn, a partial line)
+        self.held: list[str] = []  # what was not shown, for the report
+        self.error = None  # the last `framecast: error:` line shown
+        self.after_error = False  # something was shown after it
+        self.in_bar = False
+        self.pids: list[int] = []
+        self._ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+        self._bar = re.compile(r"^[\w .\-]*: *\d+%\|")
+
+    def feed(self, text: str) -> None:
+        import re
+
+        self.pending += text
+        parts = re.split(r"(?<=[\r\n])", self.pending)
+        self.pending = parts.pop()  # unterminated (or "")
+        for seg in parts:
+            self._segment(seg)
+
+    def _show(self, seg: str) -> None:
+        self.stream.write(seg)
+        self.stream.flush()
+
+    def _segment(self, seg: str) -> None:
+        import re
+
+        plain = self._ansi.sub("", seg).strip()
+        if plain.startswith("framecast:"):
+            if plain.startswith("framecast: torchrun:") and "pids" in plain:
+                self.pids = [int(p) for p in re.findall(r"\d+", plain.split("pids", 1)[1])]
+            self._show(seg if seg.endswith("\n") else seg.rstrip("\r") + "\n")
+            if plain.startswith("framecast: error:"):
+                self.error, self.after_error = plain, False
+            else:
+                self.after_error = self.after_error or self.error is not None
+            self.in_bar = False
+        elif self._bar.match(plain) or (not plain and self.in_bar):
+            self._show(seg)
+            self.in_bar = True
+            self.after_error = self.after_error or self.error is not None
+        else:
+            if plain:
+                self.held.append(plain)
+                self.in_bar = False
+            del self.held[:-400]
+
+    def finish(self, rc: int) -> int:
+        if self.pending:
+            self._segment(self.pending + "\n")
+            self.pending = ""
+        if rc == 0:
+            return 0
+        failed = self._root_cause()
+        if self.error is not None:
+            if self.after_error:
+                self._show(self.error + "\n")
+            return failed["exitcode"] if failed and failed["exitcode"] > 0 and failed["rank"] == 0 else 1
+        if failed is None:
+            self._show(f"framecast: error: the torchrun job failed (exit code {rc}); run with FRAMECAST_DEBUG=1 "
+                       f"to see torchrun's report\n")
+            return 1
+        r, pid, code = failed["rank"], failed["pid"], failed["exitcode"]
+        if pid is None and r < len(self.pids):
+            pid = self.pids[r]
+        who = f"DualParal worker rank {r}" + (f" (pid {pid})" if pid is not None else "")
+        if code < 0:
+            import signal
+
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+            self._show(f"framecast: error: {who} died ({how}); the run is stopped\n")
+        else:
+            trace = [h.split(":", 1)[1][1:] if h.startswith(f"[rank{r}]:") else h
+                     for h in self.held if h.startswith(f"[rank{r}]:")]
+            if trace:
+                self._show("\n".join(trace) + "\n")
+            self._show(f"framecast: error: {who} failed (exit code {code}); the run is stopped\n")
+        return code if code > 0 else 1
+
+    def _root_cause(self):
+        """{"rank", "pid", "exitcode"} of torchrun's "Root Cause" entry, or None."""
+        import re
+
+        text = "\n".join(self.held)
+        root = text.split("Root Cause", 1)[1] if "Root Cause" in text else ""
+        rank = re.search(r"rank\s*:\s*(\d+)", root)
+        code = re.search(r"exitcode\s*:\s*(-?\d+)(?:\s*\(pid:\s*(\d+)\))?", root)
+        if not (rank and code):
+            return None
+        return {"rank": int(rank.group(1)), "exitcode": int(code.group(1)),
+                "pid": int(code.group(2)) if code.group(2) else None}
 
 
 def cmd_info(args) -> int:
@@ -186,9 +331,17 @@ COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_i
             "serve": (_add_serve, cmd_serve)}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with framecast's one-line errors (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())[:300]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="framecast", description="Long-video generation with video DiTs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="framecast", description="Long-video generation with video DiTs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (add, _) in COMMANDS.items():
         add(sub)
     return parser
@@ -232,6 +385,19 @@ def _run(args) -> int:
         return 2
     except WorkerLost as e:
         print(f"framecast: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a disk or system error: one line (a resume record stays as it was)
+        if os.environ.get("FRAMECAST_DEBUG"):
+            raise
+        print(f"framecast: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get("FRAMECAST_DEBUG") or not getattr(args, "resume", False):
+            raise
+        # a resume that fails for any reason says so in one line; its record is kept for another try
+        print(f"framecast: error: the resume failed ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+              f"its record is kept: run the same command with --resume again (FRAMECAST_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("framecast: interrupted", file=sys.stderr)

@@ -58,9 +58,11 @@ class ParallelDims:
             groups.setdefault(tuple(v for k, v in c.items() if k != name), []).append(r)
         return list(groups.values())
 
-    def new_groups(self) -> "NamedGroups":
+    def new_groups(self, timeout=None) -> "NamedGroups":
         """Create the process groups of every dimension and return this rank's, by name. Every rank
-        must call this, in the same order as any other group creation (a collective). torch's
+        must call this, in the same order as any other group creation (a collective). `timeout`
+        (a timedelta; parallel.timeout_s): a group made without one gets torch's default (30 min
+        under gloo), not the world group's, and gloo cannot change it afterwards. torch's
         DeviceMesh builds the same groups, but with gloo its processes now and then abort at exit
         after `destroy_process_group` (torch 2.13; ~1 run in 4 of tests/test_executors.py), so the
         groups are made here with `new_group`, in the mesh's row-major order."""
@@ -69,14 +71,14 @@ class ParallelDims:
         rank, mine = dist.get_rank(), {}
         for name in DIM_NAMES:
             for ranks in self.group_ranks(name):
-                group = dist.new_group(ranks)
+                group = dist.new_group(ranks, timeout=timeout)
                 if rank in ranks:
                     mine[name] = group
             if name == "pp" and self.pp > 1:
                 # "pp_return": the pipeline's ranks again, for the last stage -> first stage message,
                 # so that direction has its own NCCL communicator (see parallel/ring.py)
                 for ranks in self.group_ranks("pp"):
-                    group = dist.new_group(ranks)
+                    group = dist.new_group(ranks, timeout=timeout)
                     if rank in ranks:
                         mine["pp_return"] = group
         return NamedGroups(mine)

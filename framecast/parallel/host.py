@@ -88,7 +88,7 @@ class WorkerHost:
         if self.owns_group:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             init_group(backend, rank, dims.world, cfg.parallel.timeout_s, init_method)
-        groups = dims.new_groups() if dims.world > 1 else None
+        groups = dims.new_groups(timeout=timedelta(seconds=cfg.parallel.timeout_s)) if dims.world > 1 else None
         self.worker = resolve(worker)(cfg, checkpoint, rank=rank, dims=dims, groups=groups)
 
     def info(self) -> dict:

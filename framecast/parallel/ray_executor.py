@@ -1,8 +1,9 @@
 """The Ray executor: one actor per worker, each holding one GPU (one CPU on a CPU machine), placed
 by a placement group (PACK: as few nodes as possible; SPREAD: across nodes). `ray_address=auto`
 joins a running cluster. Actors build their worker (a `WorkerHost` for any worker class) lazily,
-after Ray has pinned their device, then form a torch.distributed group (gloo/NCCL) and the
-layout's named groups; the driver only sends method calls and receives their results. The actors
+on the device Ray assigned them (decided inside the actor: `ray_actor_device`; the bundles come
+from the cluster's resources, not the driver's), then form a torch.distributed group (gloo/NCCL,
+with parallel.timeout_s) and the layout's named groups; the driver only sends method calls and receives their results. The actors
 live until `shutdown()` (the Engine keeps them across requests). A dead actor stops the call
 within about a second with `WorkerLost` naming the worker.
 """
@@ -11,11 +12,39 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-
 from framecast.parallel.ring import WorkerLost
 
-PASS_ENV = ("GLOO_SOCKET_IFNAME", "MASTER_ADDR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# the driver's environment that reaches the actors: communication (NCCL, gloo, torch.distributed),
+# CUDA settings and the Hugging Face cache / offline switches. Never CUDA_VISIBLE_DEVICES: Ray sets
+# each actor's own from its assignment.
+PASS_ENV_PREFIXES = ("NCCL_", "CUDA_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_", "GLOO_", "HF_")
+PASS_ENV = ("MASTER_ADDR", "TRANSFORMERS_OFFLINE")
+NEVER_PASS = ("CUDA_VISIBLE_DEVICES",)
+
+
+def actor_env(environ) -> dict:
+    """The environment variables the actors get: the driver's matching PASS_ENV(_PREFIXES), and
+    NCCL async error handling on unless the driver set it (a dead peer then fails, not hangs)."""
+    env = {k: v for k, v in environ.items()
+           if (k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)) and k not in NEVER_PASS}
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    return env
+
+
+def worker_bundle(device: str, cluster_resources: dict) -> dict:
+    """One worker's placement bundle from the cluster's resources (`ray.cluster_resources()`), not
+    the driver's: a GPU per worker when the cluster has GPUs (a CPU-only head node included) and
+    device is not cpu; a CPU otherwise. device=cuda[:N] on a cluster without GPUs is an error."""
+    from framecast.config import ConfigError
+
+    gpus = cluster_resources.get("GPU", 0)
+    if device != "cpu" and gpus >= 1:
+        return {"CPU": 1, "GPU": 1}
+    if device.startswith("cuda"):
+        raise ConfigError(f"device={device!r} but the Ray cluster has no GPUs "
+                          f"(resources: {', '.join(f'{k}={v:g}' for k, v in sorted(cluster_resources.items()) if '.' not in k and ':' not in k)}); "
+                          f"use device=auto or cpu")
+    return {"CPU": 1}
 
 
 class RayWorker:
@@ -36,14 +65,49 @@ class RayWorker:
                 "ip": ray.util.get_node_ip_address()}
 
     def init(self, worker: str, cfg, checkpoint, dims, rank: int, init_method: str) -> dict:
-        from framecast.parallel.host import WorkerHost
+        import ray
 
-        threads = 1 if not torch.cuda.is_available() else None
-        self.host = WorkerHost(worker, cfg, checkpoint, dims, rank, init_method=init_method, threads=threads)
+        from framecast.parallel.host import WorkerHost, ray_actor_device
+
+        device = ray_actor_device(cfg.device, ray.get_gpu_ids())  # decided here, from Ray's assignment
+        threads = 1 if device == "cpu" else None
+        self.host = WorkerHost(worker, cfg, checkpoint, dims, rank, init_method=init_method, threads=threads,
+                               device=device)
         return self.host.info()
 
     def execute(self, method: str, *args):
         return self.host.execute(method, *args)
+
+
+def join_ray(address: str, wait_s: float) -> None:
+    """ray.init, bounded: "" starts a new local instance on loopback ("local", never a cluster some
+    other process left running); an address that does not answer within `wait_s` is one line naming
+    it (ray.init itself retries for minutes). The attempt is left to finish in the background."""
+    import threading
+
+    import ray
+
+    target = address or "local"
+    outcome: dict = {}
+
+    def connect():
+        try:
+            ray.init(address=target, include_dashboard=False, log_to_driver=True,
+                     **({"_node_ip_address": "127.0.0.1"} if target == "local" else {}))
+            outcome["ok"] = True
+        except Exception as e:  # reported below, in one line
+            outcome["error"] = e
+
+    thread = threading.Thread(target=connect, name="ray-init", daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    if "error" in outcome:
+        first = str(outcome["error"]).strip().splitlines()[0][:200] if str(outcome["error"]).strip() else ""
+        raise ConnectionError(f"parallel.ray_address={target!r}: could not join Ray "
+                              f"({type(outcome['error']).__name__}: {first})")
+    if "ok" not in outcome:
+        raise TimeoutError(f"parallel.ray_address={target!r}: no Ray cluster answered within "
+                           f"parallel.connect_timeout_s={wait_s:g} s")
 
 
 class RayExecutor:
@@ -53,21 +117,20 @@ class RayExecutor:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
+        wait_s = cfg.parallel.connect_timeout_s
         if not ray.is_initialized():
-            # "" = a new local instance on loopback ("local"), never a cluster some other process left running
-            address = cfg.parallel.ray_address or "local"
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     **({"_node_ip_address": "127.0.0.1"} if address == "local" else {}))
+            join_ray(cfg.parallel.ray_address, wait_s)
         world = dims.world
-        gpu = cfg.device != "cpu" and torch.cuda.is_available()
-        bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+        bundle = worker_bundle(cfg.device, ray.cluster_resources())
+        gpu = "GPU" in bundle
         self.pg = placement_group([bundle] * world, strategy=cfg.parallel.placement)
-        ready, _ = ray.wait([self.pg.ready()], timeout=60)
+        ready, _ = ray.wait([self.pg.ready()], timeout=wait_s)
         if not ready:
             ray.util.remove_placement_group(self.pg)
-            raise RuntimeError(f"Ray could not place {world} workers of {bundle} with {cfg.parallel.placement} "
-                               f"in 60 s; cluster resources: {ray.cluster_resources()}")
-        env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+            raise TimeoutError(f"Ray could not place {world} workers of {bundle} with {cfg.parallel.placement} "
+                               f"within parallel.connect_timeout_s={wait_s:g} s; cluster resources: "
+                               f"{ray.cluster_resources()}")
+        env = actor_env(os.environ)
         actor_cls = ray.remote(RayWorker)
         self.actors = [
             actor_cls.options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0,
@@ -85,7 +148,7 @@ class RayExecutor:
 
     def _name(self, rank: int) -> str:
         node = self.nodes[rank] if getattr(self, "nodes", None) else {}
-        return f"worker rank {rank} (Ray actor pid {node.get('pid', '?')} on node {node.get('ip', '?')})"
+        return f"DualParal worker rank {rank} (Ray actor pid {node.get('pid', '?')} on node {node.get('ip', '?')})"
 
     def _gather(self, refs: list) -> list:
         """ray.get for all refs, failing fast when any actor dies (the others may be blocked in a
@@ -102,8 +165,15 @@ class RayExecutor:
                     raise WorkerLost(f"{self._name(rank)} died: {str(e).splitlines()[0][:200]}") from None
                 except ray.exceptions.RayTaskError as e:
                     cause = e.cause if getattr(e, "cause", None) is not None else e
-                    if isinstance(cause, WorkerLost):
-                        raise WorkerLost(f"{self._name(rank)}: {cause}") from None
+                    if isinstance(cause, WorkerLost):  # a worker saw its peer go: name the peer
+                        import re
+
+                        m = re.search(r"rank (\d+)", str(cause))
+                        peer = int(m.group(1)) if m and int(m.group(1)) < len(self.actors) else None
+                        if peer is None:
+                            raise WorkerLost(f"{self._name(rank)}: {cause}") from None
+                        raise WorkerLost(f"{self._name(peer)} is gone (seen by rank {rank}: "
+                                         f"{str(cause).splitlines()[0][:200]})") from None
                     raise
         return [results[i] for i in range(len(refs))]
 
