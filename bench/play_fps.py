@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framecast.engine.engine import Engine  # noqa: E402
-from framecast.launch.server import encode_frame  # noqa: E402
+from framecast.launch.protocol import encode_frame  # noqa: E402
 from framecast.schedulers.nfd import NfdRollout, NfdRolloutNoCache  # noqa: E402
 from framecast.schedulers.speculative import SpeculativeRollout  # noqa: E402
 from framecast.world.captions import ACTIONS  # noqa: E402

@@ -6,7 +6,8 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from framecast.engine.engine import Engine
-from framecast.launch.server import BUSY_CODE, decode_frame, encode_frame, make_app
+from framecast.launch.protocol import BUSY_CODE, decode_frame, encode_frame
+from framecast.launch.server import make_app
 
 
 @pytest.fixture(scope="module")

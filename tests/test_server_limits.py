@@ -18,8 +18,9 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from framecast.launch.server import MAX_ERROR_CHARS, MAX_GENERATE_FRAMES, MAX_MESSAGE_CHARS, MAX_PROMPT_CHARS, \
-    MAX_SPECULATE, POLICY_CODE, make_app
+from framecast.launch.protocol import MAX_ERROR_CHARS, MAX_GENERATE_FRAMES, MAX_MESSAGE_CHARS, MAX_PROMPT_CHARS, \
+    MAX_SPECULATE, POLICY_CODE
+from framecast.launch.server import make_app
 from framecast.world.captions import UnknownWordsError, tokenize
 
 PROMPT = "a red circle moving right"

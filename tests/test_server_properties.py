@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from framecast.launch.server import MAX_ERROR_CHARS, MAX_GENERATE_FRAMES, MAX_MESSAGE_CHARS, MAX_SPECULATE, \
-    POLICY_CODE, SEED_LIMIT, TEXT_SCHEDULES, make_app
+from framecast.launch.protocol import MAX_ERROR_CHARS, MAX_GENERATE_FRAMES, MAX_MESSAGE_CHARS, MAX_SPECULATE, \
+    POLICY_CODE, SEED_LIMIT, TEXT_SCHEDULES
+from framecast.launch.server import make_app
 from framecast.world.captions import ACTIONS
 
 PROMPT = "a red circle moving right"
