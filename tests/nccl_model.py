@@ -257,8 +257,8 @@ class _Work:
         return getattr(self._work, name)
 
 
-def install(log_dir: str) -> None:
-    """Patch torch.distributed in this process; the log goes to LOG_DIR/rank{R}.json at exit."""
+def install(log_dir: str):
+    """Patch torch.distributed in this process; returns the writer of LOG_DIR/rank{R}.json (also run at exit)."""
     import torch.distributed as dist
 
     P2P_FUNCS = ("isend", "irecv")
@@ -340,6 +340,7 @@ def install(log_dir: str) -> None:
     _LOG["rank"] = int(os.environ.get("RANK", 0))
     _LOG["world"] = int(os.environ.get("WORLD_SIZE", 1))
     atexit.register(write)
+    return write
 
 
 def _set_ticks_per_call(n) -> None:
@@ -391,10 +392,17 @@ def main(argv=None) -> int:
     _set_ticks_per_call(a.ticks_per_call)
     if a.mode == "partial":
         return _partial(rest)
-    install(a.log_dir)
+    write = install(a.log_dir)
     from framecast.launch import torchrun
 
-    return torchrun.main(rest)
+    rc = torchrun.main(rest)
+    # Leave without interpreter finalisation: the recorder keeps the process groups it saw alive
+    # past destroy_process_group, and gloo then now and then aborts in their destructors at exit
+    # ("terminate called without an active exception"), failing a run whose work is done.
+    write()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":
