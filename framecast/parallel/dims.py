@@ -64,7 +64,7 @@ class ParallelDims:
         (a timedelta; parallel.timeout_s): a group made without one gets torch's default (30 min
         under gloo), not the world group's, and gloo cannot change it afterwards. torch's
         DeviceMesh builds the same groups, but with gloo its processes now and then abort at exit
-        after `destroy_process_group` (torch 2.13; ~1 run in 4 of tests/test_executors.py), so the
+        after `destroy_process_group` (torch 2.13, seen in tests/test_executors.py), so the
         groups are made here with `new_group`, in the mesh's row-major order."""
         import torch.distributed as dist
 
