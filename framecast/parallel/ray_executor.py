@@ -117,6 +117,7 @@ class RayExecutor:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
+        self._unread: dict = {}  # refs of the last call, left unread if it failed
         wait_s = cfg.parallel.connect_timeout_s
         if not ray.is_initialized():
             join_ray(cfg.parallel.ray_address, wait_s)
@@ -155,6 +156,7 @@ class RayExecutor:
         receive from it and would never return)."""
         ray = self._ray
         results, left = {}, {ref: i for i, ref in enumerate(refs)}
+        self._unread = left  # what a failed call leaves behind; `shutdown` reads it
         while left:
             ready, _ = ray.wait(list(left), num_returns=1, timeout=1.0)
             for ref in ready:
@@ -186,4 +188,15 @@ class RayExecutor:
         for a in getattr(self, "actors", []):
             ray.kill(a)
         self.actors = []
+        # The calls a failure left unread (the other ranks, blocked on the dead peer) end with the
+        # kill; read them, or Ray prints each one as an "Unhandled error" traceback later, after
+        # framecast's own one-line report.
+        unread, self._unread = list(self._unread), {}
+        if unread:
+            ray.wait(unread, num_returns=len(unread), timeout=10)
+            for ref in unread:
+                try:
+                    ray.get(ref, timeout=0)
+                except Exception:  # the killed actor's error: expected, already reported
+                    pass
         ray.util.remove_placement_group(self.pg)
