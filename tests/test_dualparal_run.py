@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from polling import wait_for
 
 PROMPT = "a red circle moving right"
 # CFG on (guidance 3), uneven last block (14 latent frames, N=4), C=2, 3 steps.
@@ -98,16 +99,6 @@ def _start(tmp_path, name, *extra):
     return proc, out, tmp_path / f"{name}.log"
 
 
-def _wait_for(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _pids(log: Path, marker: str):
     import re
     m = re.search(marker + r".*pids ([\d, ]+)\)", log.read_text())
@@ -123,10 +114,10 @@ def test_killed_worker_stops_run_and_resume_finishes_identically(tmp_path, launc
         extra += ["--ray-address", ray_cluster.address]
     proc, out, log = _start(tmp_path, "killed", *extra)
     try:
-        pids = _wait_for(lambda: _pids(log, marker), 120, "worker pids")
+        pids = wait_for(lambda: _pids(log, marker), 120, "worker pids")
         partial = out.with_name("killed.partial.mp4")
         record = Path(str(out) + ".resume")
-        _wait_for(lambda: (record / "state.pt").exists() and partial.exists(), 120, "first blocks written")
+        wait_for(lambda: (record / "state.pt").exists() and partial.exists(), 120, "first blocks written")
         killed_at = time.monotonic()
         os.kill(pids[1], signal.SIGKILL)
         rc = proc.wait(timeout=60)

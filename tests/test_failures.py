@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from polling import wait_for
 
 PROMPT = "a red circle moving right"
 # 30 blocks of 4 latent frames, 6 steps: 35 ticks in 5 calls, a resume point after each
@@ -250,16 +251,6 @@ def _run(out, *extra, timeout=600):
     return subprocess.run(_cmd(out, *extra), capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
-def _wait_for(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _last_line(text: str) -> str:
     return [line for line in re.split(r"[\r\n]", text) if line.strip()][-1]
 
@@ -288,7 +279,7 @@ def _kill_after_first_resume_point(tmp_path, out, *extra):
     record = record_dir(out)
     proc, log = _start(tmp_path, out, *extra)
     try:
-        _wait_for(lambda: (record / "state.pt").exists() or proc.poll() is not None, 600, "the first resume point")
+        wait_for(lambda: (record / "state.pt").exists() or proc.poll() is not None, 600, "the first resume point")
         proc.kill()
     finally:
         proc.kill()
@@ -343,12 +334,12 @@ def test_killing_framecast_takes_its_torchrun_job_down_and_resume_finishes(refer
     proc, log = _start(tmp_path, out, "--launcher", "torchrun", "--workers", "2")
     pids = None
     try:
-        pids = _wait_for(lambda: _pids(log) or proc.poll() is not None, 600, "worker pids")
+        pids = wait_for(lambda: _pids(log) or proc.poll() is not None, 600, "worker pids")
         assert pids is not True, log.read_text()[-2000:]
-        _wait_for(lambda: (record / "state.pt").exists() or proc.poll() is not None, 600, "the first resume point")
+        wait_for(lambda: (record / "state.pt").exists() or proc.poll() is not None, 600, "the first resume point")
         proc.kill()  # framecast itself, not the job
         proc.wait()
-        _wait_for(lambda: not any(map(_alive, pids)), 120, "the torchrun ranks to end with their framecast")
+        wait_for(lambda: not any(map(_alive, pids)), 120, "the torchrun ranks to end with their framecast")
     finally:
         proc.kill()
         for pid in pids if isinstance(pids, list) else []:
@@ -420,7 +411,7 @@ def test_a_worker_killed_during_a_resume_leaves_the_record(interrupted, tmp_path
     before = _digest(record)
     proc, log = _start(tmp_path, out, "--resume", "--launcher", "torchrun", "--workers", "2")
     try:
-        pids = _wait_for(lambda: _pids(log) or proc.poll() is not None, 600, "worker pids")
+        pids = wait_for(lambda: _pids(log) or proc.poll() is not None, 600, "worker pids")
         assert pids is not True, log.read_text()[-2000:]
         os.kill(pids[1], signal.SIGKILL)  # before the resume's first call can finish: it needs rank 1
         rc = proc.wait(timeout=600)
@@ -442,9 +433,9 @@ def test_a_stopped_peer_ends_the_run_within_the_timeout(tmp_path):
     proc, log = _start(tmp_path, out, "--launcher", "torchrun", "--workers", "2", "parallel.timeout_s=10")
     pids = None
     try:
-        pids = _wait_for(lambda: _pids(log) or proc.poll() is not None, 600, "worker pids")
+        pids = wait_for(lambda: _pids(log) or proc.poll() is not None, 600, "worker pids")
         assert pids is not True, log.read_text()[-2000:]
-        _wait_for(lambda: (record_dir(out) / "state.pt").exists() or proc.poll() is not None, 600,
+        wait_for(lambda: (record_dir(out) / "state.pt").exists() or proc.poll() is not None, 600,
                   "the first resume point")
         os.kill(pids[1], signal.SIGSTOP)
         stopped_at = time.monotonic()

@@ -21,6 +21,8 @@ from starlette.websockets import WebSocketDisconnect
 from framecast.launch.protocol import MAX_ERROR_CHARS, MAX_GENERATE_FRAMES, MAX_MESSAGE_CHARS, MAX_PROMPT_CHARS, \
     MAX_SPECULATE, POLICY_CODE
 from framecast.launch.server import make_app
+from polling import wait_for
+from ws_messages import next_json
 from framecast.world.captions import UnknownWordsError, tokenize
 
 PROMPT = "a red circle moving right"
@@ -32,21 +34,10 @@ def app():
                     allow_origins=["http://localhost:3000"])
 
 
-def _next_text(ws, limit=100_000):
-    """The next JSON message, skipping binary frames (bounded)."""
-    for _ in range(limit):
-        msg = ws.receive()
-        if msg["type"] == "websocket.close":
-            raise WebSocketDisconnect(msg.get("code", 1000))
-        if msg.get("text") is not None:
-            return json.loads(msg["text"])
-    raise AssertionError(f"no JSON message in {limit} messages")
-
-
 def _next_of(ws, kind, limit=100_000):
     """The next JSON message of type `kind` (others skipped, bounded)."""
     for _ in range(limit):
-        msg = _next_text(ws)
+        msg = next_json(ws)
         if msg["type"] == kind:
             return msg
     raise AssertionError(f"no {kind!r} message")
@@ -60,12 +51,7 @@ def _error(ws) -> str:
 
 def _wait_sessions(client, n, seconds=180):
     """Bounded wait until /info reports `n` sessions in use (a freed slot is freed by another thread)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if client.get("/info").json()["sessions"] == n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"/info still reports {client.get('/info').json()['sessions']} sessions, not {n}")
+    wait_for(lambda: client.get("/info").json()["sessions"] == n, seconds, f"/info to report {n} sessions in use")
 
 
 def test_unknown_words_error_is_linear_and_short():
@@ -159,7 +145,7 @@ def test_cancel_stops_a_request_and_the_connection_goes_on(app):
     with client.websocket_connect("/ws/generate") as ws:
         assert ws.receive_json()["type"] == "ready"
         ws.send_json({"type": "generate", "prompt": PROMPT, "frames": MAX_GENERATE_FRAMES})
-        assert _next_text(ws) == {"type": "started", "frames": MAX_GENERATE_FRAMES, "schedule": "rollout"}
+        assert next_json(ws) == {"type": "started", "frames": MAX_GENERATE_FRAMES, "schedule": "rollout"}
         assert ws.receive()["bytes"] is not None
         ws.send_json({"type": "generate", "prompt": PROMPT, "frames": 3})
         assert "a generation is running" in _error(ws)
@@ -175,7 +161,7 @@ def test_disconnect_cancels_a_request_and_frees_its_slot(app):
     with client.websocket_connect("/ws/generate") as ws:
         assert ws.receive_json()["type"] == "ready"
         ws.send_json({"type": "generate", "prompt": PROMPT, "frames": MAX_GENERATE_FRAMES})
-        assert _next_text(ws)["type"] == "started"
+        assert next_json(ws)["type"] == "started"
         assert ws.receive()["bytes"] is not None
     # the whole request would take minutes: the slot comes back once the job stops between frames
     _wait_sessions(client, 0)
@@ -212,14 +198,14 @@ def test_idle_sessions_are_closed_with_a_reason():
             idle = _next_of(ws, "idle")
             assert "without a message from this client" in idle["message"] and "--idle-timeout" in idle["message"]
             with pytest.raises(WebSocketDisconnect) as closed:
-                _next_text(ws)
+                next_json(ws)
             assert closed.value.code == 1000
         _wait_sessions(client, 0)
     with client.websocket_connect("/ws/generate") as ws:  # a running request is not idle
         assert ws.receive_json()["type"] == "ready"
         ws.send_json({"type": "generate", "prompt": PROMPT, "frames": 25})
         assert _next_of(ws, "done")["frames"] == 25
-        assert _next_text(ws)["type"] == "idle"
+        assert next_json(ws)["type"] == "idle"
 
 
 @pytest.mark.parametrize("kwargs, words", [

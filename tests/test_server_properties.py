@@ -18,6 +18,7 @@ from starlette.websockets import WebSocketDisconnect
 from framecast.launch.protocol import MAX_ERROR_CHARS, MAX_GENERATE_FRAMES, MAX_MESSAGE_CHARS, MAX_SPECULATE, \
     POLICY_CODE, SEED_LIMIT, TEXT_SCHEDULES
 from framecast.launch.server import make_app
+from ws_messages import next_json
 from framecast.world.captions import ACTIONS
 
 PROMPT = "a red circle moving right"
@@ -70,17 +71,6 @@ messages = st.one_of(
 )
 
 
-def _text(ws, limit=100_000):
-    """The next JSON message, frames skipped (bounded)."""
-    for _ in range(limit):
-        msg = ws.receive()
-        if msg["type"] == "websocket.close":
-            raise WebSocketDisconnect(msg.get("code", 1000))
-        if msg.get("text") is not None:
-            return json.loads(msg["text"])
-    raise AssertionError("no JSON message")
-
-
 def _is_error(msg) -> bool:
     assert msg["type"] == "error", msg
     assert len(msg["message"]) <= MAX_ERROR_CHARS + 40 and "Traceback" not in msg["message"], msg
@@ -104,14 +94,14 @@ def _valid_play(text: str) -> bool:
 def test_play_socket_answers_bad_messages_with_errors(client, internal_errors, text):
     assume(not _valid_play(text))
     with client.websocket_connect("/ws/play") as ws:
-        assert _text(ws)["type"] == "ready"
+        assert next_json(ws)["type"] == "ready"
         ws.send_text(text)
-        msg = _text(ws)
+        msg = next_json(ws)
         while msg["type"] == "stats":
-            msg = _text(ws)
+            msg = next_json(ws)
         assert _is_error(msg)
         ws.send_json({"type": "stop"})  # the session still answers
-        while (msg := _text(ws))["type"] != "done":
+        while (msg := next_json(ws))["type"] != "done":
             assert msg["type"] == "stats"
     assert client.get("/info").status_code == 200 and not internal_errors
 
@@ -124,11 +114,11 @@ def test_generate_socket_answers_bad_messages_with_errors(client, internal_error
     except (ValueError, RecursionError, AttributeError, TypeError):
         pass
     with client.websocket_connect("/ws/generate") as ws:
-        assert _text(ws)["type"] == "ready"
+        assert next_json(ws)["type"] == "ready"
         ws.send_text(text)
-        assert _is_error(_text(ws))
+        assert _is_error(next_json(ws))
         ws.send_json({"type": "cancel"})  # the session still answers
-        assert "nothing to cancel" in _text(ws)["message"]
+        assert "nothing to cancel" in next_json(ws)["message"]
     assert client.get("/info").status_code == 200 and not internal_errors
 
 
@@ -159,16 +149,16 @@ def test_generate_fields_out_of_range_get_errors(client, internal_errors, field)
     if name == "seconds":
         del msg["frames"]
     with client.websocket_connect("/ws/generate") as ws:
-        assert _text(ws)["type"] == "ready"
+        assert next_json(ws)["type"] == "ready"
         ws.send_text(json.dumps(msg))
-        reply = _text(ws)
+        reply = next_json(ws)
         if reply["type"] == "started":  # a valid seed, schedule or prompt: the request runs to its end
             assert name in ("seed", "schedule", "prompt") and reply["frames"] == 2
-            assert _text(ws)["type"] == "done"
+            assert next_json(ws)["type"] == "done"
         else:
             assert _is_error(reply)
         ws.send_json({"type": "cancel"})
-        assert "nothing to cancel" in _text(ws)["message"]
+        assert "nothing to cancel" in next_json(ws)["message"]
     assert client.get("/info").status_code == 200 and not internal_errors
 
 
@@ -180,14 +170,14 @@ query_values = st.one_of(st.text(max_size=30), st.integers().map(str),
 @given(name=st.sampled_from(["seed", "speculate"]) | st.text(min_size=1, max_size=10), value=query_values)
 def test_play_query_out_of_range_gets_an_error(client, internal_errors, name, value):
     with client.websocket_connect(f"/ws/play?{quote(name)}={quote(value)}") as ws:
-        first = _text(ws)
+        first = next_json(ws)
         if first["type"] == "ready":  # in range: the session runs
             ws.send_json({"type": "stop"})
-            while _text(ws)["type"] != "done":
+            while next_json(ws)["type"] != "done":
                 pass
         else:
             assert _is_error(first)
             with pytest.raises(WebSocketDisconnect) as closed:
-                _text(ws)
+                next_json(ws)
             assert closed.value.code == POLICY_CODE
     assert client.get("/info").status_code == 200 and not internal_errors

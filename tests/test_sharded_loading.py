@@ -19,44 +19,7 @@ from framecast.engine.components import build_model  # noqa: E402
 from framecast.engine.wan_checkpoint import CheckpointError, convert_original_state_dict  # noqa: E402
 from framecast.models.wan import WanBlock, WanModel  # noqa: E402
 from framecast.parallel.stage import prune_blocks, split_layers  # noqa: E402
-
-# (as in test_wan_checkpoint.py; a test module is not importable from another here)
-# what an original Wan-AI config.json for the same tiny model says (text_dim is a WanModel kwarg
-# there too, 4096 by default)
-ORIGINAL_CONFIG = {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": 24, "eps": 1e-06,
-                   "ffn_dim": 32, "freq_dim": 256, "in_dim": 4, "model_type": "t2v", "num_heads": 2,
-                   "num_layers": 2, "out_dim": 4, "text_len": 512, "text_dim": 16}
-
-# diffusers -> original, written out independently of the loader's table (inverse of model-zoo §1.3)
-DIFFUSERS_TO_ORIGINAL = (
-    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
-    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
-    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
-    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
-    ("condition_embedder.time_proj.", "time_projection.1."),
-    ("proj_out.", "head.head."),
-    (".scale_shift_table", ".modulation"),
-    ("ffn.net.0.proj.", "ffn.0."),
-    ("ffn.net.2.", "ffn.2."),
-    ("attn1.to_q.", "self_attn.q."), ("attn1.to_k.", "self_attn.k."), ("attn1.to_v.", "self_attn.v."),
-    ("attn1.to_out.0.", "self_attn.o."), ("attn1.norm_q.", "self_attn.norm_q."),
-    ("attn1.norm_k.", "self_attn.norm_k."),
-    ("attn2.to_q.", "cross_attn.q."), ("attn2.to_k.", "cross_attn.k."), ("attn2.to_v.", "cross_attn.v."),
-    ("attn2.to_out.0.", "cross_attn.o."), ("attn2.norm_q.", "cross_attn.norm_q."),
-    ("attn2.norm_k.", "cross_attn.norm_k."),
-    (".norm2.", ".norm3."),
-)
-
-
-def to_original(sd: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in sd.items():
-        new = "head.modulation" if key == "scale_shift_table" else key
-        for old, rep in DIFFUSERS_TO_ORIGINAL:
-            new = new.replace(old, rep)
-        out[prefix + new] = value.clone()
-    return out
-
+from tiny_wan import ORIGINAL_CONFIG, to_original  # noqa: E402
 
 LAYERS = 6
 TINY6 = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Iterator, Optional
 
-from framecast.schedulers.base import Schedule
+from framecast.schedulers.base import MAX_PLAN_ITEMS, Schedule, check_cancel
 
 EMPTY = range(0, 0)
 TICKS_PER_CALL = 8  # each worker call ends drained (a resume point); enough ticks per call keep the bubble small
@@ -205,8 +205,6 @@ class DualParalSchedule(Schedule):
         return None
 
     def max_frames(self, req):
-        from framecast.schedulers.base import MAX_PLAN_ITEMS
-
         steps, n = self.engine.cfg.sampler.steps, self.options.block_frames
         latent = max(1, MAX_PLAN_ITEMS // steps * n)
         frames = (latent - 1) * self.engine.cfg.vae.temporal_stride + 1
@@ -217,7 +215,6 @@ class DualParalSchedule(Schedule):
         from tqdm.auto import tqdm
 
         from framecast.parallel.dims import ParallelDims
-        from framecast.schedulers.base import check_cancel
 
         engine = self.engine
         executor = engine.executor(WORKER, ParallelDims(pp=engine.cfg.parallel.workers))

@@ -17,7 +17,7 @@ from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
 
-from framecast.schedulers.base import Schedule
+from framecast.schedulers.base import Schedule, check_cancel
 
 
 @dataclass
@@ -41,14 +41,12 @@ class FullSchedule(Schedule):
     def latents(self, req, actions, progress, record=None, cancel=None) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
 
-        from framecast.schedulers.base import check_cancel
-
         engine = self.engine
         denoise = engine.denoiser(req.prompt, req.negative_prompt)
         lat = engine.initial_latents(req).to(engine.device)
         with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
-            lat = denoise_full(denoise, lat, engine.make_sampler, on_step=lambda i: (bar.update(), check_cancel(cancel)),
-                               lead_frames=self.options.lead_frames)
+            lat = denoise_full(denoise, lat, engine.make_sampler, lead_frames=self.options.lead_frames,
+                               on_step=lambda i: (bar.update(), check_cancel(cancel)))
         for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
             yield lat[:, :, f:f + 1]
 

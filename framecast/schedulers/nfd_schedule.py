@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from framecast.schedulers.base import Schedule
+from framecast.schedulers.base import Schedule, check_cancel
 
 
 @dataclass
@@ -55,8 +55,6 @@ class NfdSchedule(Schedule):
 
     def latents(self, req, actions, progress, record=None, cancel=None):
         from tqdm.auto import tqdm
-
-        from framecast.schedulers.base import check_cancel
 
         session = self.engine.play_session(req.prompt, req.seed, total=req.frames)
         try:

@@ -19,7 +19,7 @@ from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
 
-from framecast.schedulers.base import Schedule
+from framecast.schedulers.base import Schedule, check_cancel
 from framecast.schedulers.full import denoise_part
 
 
@@ -46,8 +46,6 @@ class RolloutSchedule(Schedule):
 
     def latents(self, req, actions, progress, record=None, cancel=None) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
-
-        from framecast.schedulers.base import check_cancel
 
         engine, o = self.engine, self.options
         denoise = engine.denoiser(req.prompt, req.negative_prompt)
