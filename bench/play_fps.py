@@ -51,7 +51,7 @@ def action_sequence(frames: int, repeat_prob: float, seed: int) -> list[int]:
 def make_rollout(engine: Engine, cache: bool, shape, window: int, context_sigma: float, fuse: bool):
     cls = NfdRollout if cache else NfdRolloutNoCache
     return cls(engine.model, engine.denoiser("", ""), engine.make_sampler, shape, seed=0, window=window,
-               context_sigma=context_sigma, attn_backend=engine.cfg.model.attn_backend, fuse_commit=fuse)
+               context_sigma=context_sigma, fuse_commit=fuse)
 
 
 def run_once(engine: Engine, actions: list[int], cache: bool, speculate: int, fuse: bool, shape, window: int,

@@ -90,6 +90,45 @@ def _schedule_config() -> type:
 ScheduleConfig = _schedule_config()
 
 
+def _attention_config() -> type:
+    """AttentionConfig: the options shared by the sparse backends plus one section per registered
+    backend that has options (its `Options` dataclass, declared in the attention registry)."""
+    from framecast.models.attention import BACKENDS, resolve
+
+    sections = [(name, resolve(b.options)) for name, b in BACKENDS.items() if b.options]
+    cls = make_dataclass("AttentionConfig", [
+        # sparse backends run dense sdpa for the first sampler steps (the layout forms early) ...
+        ("dense_steps", int, field(default=0)),
+        # ... and in these layers (0-based block indices)
+        ("dense_layers", List[int], field(default_factory=list)),
+        *[(name, opts, field(default_factory=opts)) for name, opts in sections]])
+    cls.__module__ = __name__
+    return cls
+
+
+AttentionConfig = _attention_config()
+
+
+def _cache_config() -> type:
+    """CacheConfig: the feature cache's `kind` and `calibration` plus one section per cache kind
+    (its `Options` dataclass, framecast/models/caches/KIND.py); docs/caches.md."""
+    from framecast.models.caches import KINDS, cache_class
+
+    sections = [(kind, cache_class(kind).Options) for kind in KINDS if KINDS[kind]]
+    cls = make_dataclass("CacheConfig", [
+        # none (every block every step) | taylorseer | cg_taylor | delta_dit | fbcache | teacache | magcache
+        ("kind", str, field(default="none")),
+        # teacache / magcache: builtin:NAME or a JSON file from `framecast calibrate-cache`;
+        # "" = the calibration shipped with model.weights=builtin:NAME
+        ("calibration", str, field(default="")),
+        *[(kind, opts, field(default_factory=opts)) for kind, opts in sections]])
+    cls.__module__ = __name__
+    return cls
+
+
+CacheConfig = _cache_config()
+
+
 @dataclass
 class ParallelConfig:
     workers: int = 1  # W: pipeline stages (one per GPU / CPU process)
@@ -113,7 +152,9 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)  # sparse-backend options (model.attn_backend)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # training-free feature cache (cache.kind; docs/caches.md)
 
 
 # key -> allowed values, for string fields with a closed set
@@ -254,6 +295,8 @@ def validate(cfg: Config) -> None:
     if m.attention_head_dim % 2:
         raise ConfigError(f"model.attention_head_dim={m.attention_head_dim} must be even (RoPE pairs)")
     _validate_schedules(cfg)
+    _validate_attention(cfg)
+    _validate_cache(cfg)
     if cfg.parallel.layer_split:
         split = list(cfg.parallel.layer_split)
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:
@@ -287,6 +330,51 @@ def _validate_schedules(cfg: Config) -> None:
     problem = selected.check_config(cfg, getattr(cfg.schedule, cfg.schedule.name))
     if problem:
         raise ConfigError(problem)
+
+
+def _validate_attention(cfg: Config) -> None:
+    """The shared sparse options and every backend section (MINIMUM / MAXIMUM / CHOICES by field,
+    and its `check()`)."""
+    a = cfg.attention
+    if a.dense_steps < 0:
+        raise ConfigError(f"attention.dense_steps={a.dense_steps} is out of range; must be >= 0")
+    bad = [i for i in a.dense_layers if not 0 <= i < cfg.model.num_layers]
+    if bad:
+        raise ConfigError(f"attention.dense_layers={list(a.dense_layers)}: layers must be in 0..{cfg.model.num_layers - 1}")
+    for f in fields(a):
+        options = getattr(a, f.name)
+        if not is_dataclass(options):
+            continue
+        for key, allowed in getattr(options, "CHOICES", {}).items():
+            if getattr(options, key) not in allowed:
+                raise ConfigError(f"attention.{f.name}.{key}={getattr(options, key)!r} is not allowed; "
+                                  f"choose one of: {', '.join(map(str, allowed))}")
+        for key, low in getattr(options, "MINIMUM", {}).items():
+            if getattr(options, key) < low:
+                raise ConfigError(f"attention.{f.name}.{key}={getattr(options, key)} is out of range; must be >= {low}")
+        for key, high in getattr(options, "MAXIMUM", {}).items():
+            if getattr(options, key) > high:
+                raise ConfigError(f"attention.{f.name}.{key}={getattr(options, key)} is out of range; must be <= {high}")
+        problem = options.check() if hasattr(options, "check") else None
+        if problem:
+            raise ConfigError(problem)
+
+
+def _validate_cache(cfg: Config) -> None:
+    """cache.kind and every kind's section (MINIMUM / MAXIMUM by field)."""
+    from framecast.models.caches import KINDS
+
+    c = cfg.cache
+    if c.kind not in KINDS:
+        raise ConfigError(f"cache.kind={c.kind!r} is not allowed; choose one of: {', '.join(KINDS)}")
+    for kind in (k for k in KINDS if KINDS[k]):
+        options = getattr(c, kind)
+        for key, low in getattr(options, "MINIMUM", {}).items():
+            if getattr(options, key) < low:
+                raise ConfigError(f"cache.{kind}.{key}={getattr(options, key)} is out of range; must be >= {low}")
+        for key, high in getattr(options, "MAXIMUM", {}).items():
+            if getattr(options, key) > high:
+                raise ConfigError(f"cache.{kind}.{key}={getattr(options, key)} is out of range; must be <= {high}")
 
 
 def schedule_options(cfg: Config):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from framecast.models import attention as attn_mod
-from framecast.models.attention import BlockCausal, attention, flash_attention, sdpa_attention
+from framecast.models.attention import AttentionRuntime, BlockCausal, attention, flash_attention, sdpa_attention
 
 
 def reference(q_BLNH, k_BSNH, v_BSNH, mask_LS=None, scale=None):
@@ -190,7 +190,8 @@ def test_model_sends_call_metadata_to_the_backend(monkeypatch):
     text = torch.randn(1, 5, 16)
     lat = torch.randn(1, 3, 2, 8, 6)
     sdpa_den = Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"))
-    den = Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"), attn_backend="recording")
+    den = Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"),
+                   attention=AttentionRuntime("recording"))
     out = den(lat, 500.0, step=2)
     assert calls == [AttentionCall(grid=(2, 4, 3), layer=i, step=2, kind=kind)
                      for i in range(3) for kind in ("self", "cross")]
@@ -200,4 +201,4 @@ def test_model_sends_call_metadata_to_the_backend(monkeypatch):
     model(lat, torch.tensor([500.0]), text)  # a plain forward: the default backend, sdpa
     assert calls == []
     with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
-        Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"), attn_backend="nope")
+        Denoiser(model, text, None, 1.0, torch.float32, torch.device("cpu"), attention=AttentionRuntime("nope"))

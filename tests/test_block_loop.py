@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from framecast.models.attention import AttentionRuntime
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.registry import FAMILIES, model_class
@@ -62,10 +63,10 @@ def test_prepare_and_context_fields(case):
     seen = []
 
     def prepare(ctx):
-        seen.append((ctx.attn_backend, ctx.step, ctx.grid))
+        seen.append((ctx.attention.backend, ctx.step, ctx.grid))
         return ctx
 
-    run_model(model, lat, t, cond, attn_backend="sdpa", step=3, prepare=prepare)
+    run_model(model, lat, t, cond, attention=AttentionRuntime("sdpa"), step=3, prepare=prepare)
     assert seen == [("sdpa", 3, (3, 4, 4))]
 
 

@@ -331,6 +331,18 @@ def build_vae(cfg: Config, checkpoint: str | Path | None = None):
     return IdentityVAE()
 
 
+def make_attention(cfg: Config):
+    """The engine's (or a worker's) attention runtime: the backend of `model.attn_backend` with its
+    options (`attention.NAME`) and assets loaded once; each request takes `.for_request()`."""
+    from framecast.models.attention import AttentionRuntime, check_backend, resolve
+
+    b = check_backend(cfg.model.attn_backend)
+    options = getattr(cfg.attention, b.name, None)
+    assets = resolve(b.load)(options, cfg) if b.load else None
+    return AttentionRuntime(backend=b.name, options=options, assets=assets, steps=cfg.sampler.steps,
+                            dense_steps=cfg.attention.dense_steps, dense_layers=tuple(cfg.attention.dense_layers))
+
+
 def sampler_factory(cfg: Config) -> Callable[[], Any]:
     """A function returning a fresh sampler with cfg.sampler.steps timesteps set (one per block)."""
     from framecast.schedulers.flow import make_sampler

@@ -3,7 +3,9 @@
 Classifier-free guidance runs both branches in ONE batch (cond first, uncond second) and combines
 them as diffusers does: uncond + g * (cond - uncond). CFG is on when g > 1 (diffusers' rule).
 The model runs through the one block loop (`framecast.models.blocks.run_model`) with the
-configured attention backend, so every schedule honours `model.attn_backend`.
+configured attention runtime (backend, options, per-request state), so every schedule honours
+`model.attn_backend`, and with the request's feature cache (`cache.kind`; None: every block every
+step), keyed by the sampler step and the frame block each call names.
 Shape legend: B batch, C channels, F latent frames, H/W latent height/width, S text tokens, D width.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from framecast.models.attention import check_backend
+from framecast.models.attention import AttentionRuntime, check_backend
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 
@@ -35,10 +37,12 @@ def combine_cfg(out_BCFHW: torch.Tensor, guidance: float) -> torch.Tensor:
 
 class Denoiser:
     def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
-                 dtype: torch.dtype, device: torch.device, attn_backend: str = "sdpa"):
-        check_backend(attn_backend)  # an unknown name fails here, before any model work
+                 dtype: torch.dtype, device: torch.device, attention: Optional[AttentionRuntime] = None,
+                 cache=None):
+        self.cache = cache  # a feature cache (framecast.models.caches), fresh per request, or None
+        self.attention = AttentionRuntime() if attention is None else attention
+        check_backend(self.attention.backend)  # an unknown name fails here, before any model work
         self.model, self.guidance, self.dtype, self.device = model, guidance, dtype, device
-        self.attn_backend = attn_backend
         self.cfg = guided(guidance) and uncond_1SD is not None
         text = torch.cat([cond_1SD, uncond_1SD]) if self.cfg else cond_1SD
         self.text_BSD = text.to(device=device, dtype=dtype)
@@ -59,9 +63,11 @@ class Denoiser:
         return combine_cfg(out_BCFHW, self.guidance) if self.cfg else out_BCFHW
 
     @torch.no_grad()
-    def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None) -> torch.Tensor:
+    def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None, block: int = 0) -> torch.Tensor:
         """Guided prediction for latents [1, C, F, H, W] at `t` (scalar or [F]); `step` (the
-        sampler step index, if known) reaches the attention backend's per-call metadata."""
+        sampler step index, if known) and `block` (which frame block of the video this pass is)
+        reach the attention backend's per-call metadata and key the feature cache's state."""
         x, t, text = self.inputs(lat_1CFHW, t)
-        out = run_model(self.model, x, t, Conditioning(text), attn_backend=self.attn_backend, step=step)
+        out = run_model(self.model, x, t, Conditioning(text), attention=self.attention, step=step, block=block,
+                        cache=self.cache)
         return self.combine(out)

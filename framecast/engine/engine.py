@@ -73,6 +73,13 @@ class Engine:
         from framecast.engine.components import build_vae
         return self._part("vae", build_vae)
 
+    @property
+    def attention(self):
+        """The attention runtime of `model.attn_backend` (options and assets loaded once); each
+        request uses `.for_request()`, so backend state never outlives a request."""
+        from framecast.engine.components import make_attention
+        return self._part("attention", lambda cfg, ckpt: make_attention(cfg))
+
     def make_sampler(self):
         from framecast.engine.components import sampler_factory
         return self._part("sampler", lambda cfg, ckpt: sampler_factory(cfg))()
@@ -158,6 +165,8 @@ class Engine:
     def _check(self, req: Request, actions: Optional[Sequence]) -> Optional[list[int]]:
         """Everything about a request that can fail before any model work; the action ids."""
         self.check_prompt(req)
+        self.cache_calibration()  # a missing or mismatched calibration fails here, before model work
+        self.attention  # so does an attention backend's file (a head plan, trained projections)
         ids = None
         if actions is not None:
             from framecast.engine.play_session import action_id
@@ -186,15 +195,29 @@ class Engine:
             for p in (req.prompt, req.negative_prompt):
                 tokenize(p, max_len=self.cfg.text.max_length)
 
-    def denoiser(self, prompt: str, negative_prompt: str):
-        """The guided model call for these prompts (CFG per sampler.guidance_scale)."""
+    def denoiser(self, prompt: str, negative_prompt: str, cache="configured"):
+        """The guided model call for these prompts (CFG per sampler.guidance_scale), with a fresh
+        feature cache of `cache.kind` (or the `cache` given: an object, or None for none)."""
         from framecast.engine.denoise import Denoiser, cfg_prompts
 
         g = self.cfg.sampler.guidance_scale
         text = self.text.encode(cfg_prompts(prompt, negative_prompt, g))
         uncond = text[1:] if len(text) > 1 else None
+        if isinstance(cache, str):  # "configured"
+            cache = self.feature_cache()
         return Denoiser(self.model, text[:1], uncond, g, self.dtype, self.device,
-                        attn_backend=self.cfg.model.attn_backend)
+                        attention=self.attention.for_request(), cache=cache)
+
+    def cache_calibration(self):
+        """The checked calibration of cache.kind (teacache, magcache; None for the others), loaded
+        once; a missing or mismatched file is a one-line ConfigError."""
+        from framecast.engine.cache_calibration import load_calibration
+        return self._part("cache_calibration", load_calibration)
+
+    def feature_cache(self):
+        """A fresh feature cache of cache.kind for one request (None for kind none)."""
+        from framecast.models.caches import make_cache
+        return make_cache(self.cfg, self.cache_calibration())
 
     def initial_latents(self, req: Request) -> torch.Tensor:
         shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)

@@ -58,7 +58,7 @@ class PlaySession:
         denoiser = engine.denoiser(prompt, cfg.negative_prompt)
         self.rollout = NfdRollout(engine.model, denoiser, engine.make_sampler, shape, seed=req.seed,
                                   window=sc.window, context_sigma=sc.context_sigma,
-                                  attn_backend=cfg.model.attn_backend, fuse_commit=sc.fuse_commit)
+                                  fuse_commit=sc.fuse_commit)
         k = sc.speculate if speculate is None else speculate  # a server's per-session choice
         self.speculative = SpeculativeRollout(self.rollout, k, sc.draft_mode, total=total)
         self._stats = self.speculative.stats

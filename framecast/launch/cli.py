@@ -326,9 +326,37 @@ def cmd_serve(args) -> int:
     return run_serve(args)
 
 
+def _add_tune_attention(sub) -> None:
+    from framecast.engine.tune_attention import add_tune_arguments
+
+    add_tune_arguments(sub.add_parser("tune-attention", help="tune a Sparse-vDiT per-head attention plan "
+                                                             "(attention.sparse_vdit.plan) on a short generation"))
+
+
+def cmd_tune_attention(args) -> int:
+    from framecast.engine.tune_attention import run_tune
+    return run_tune(args)
+
+
 COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
             "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play), "train": (_add_train, cmd_train),
             "serve": (_add_serve, cmd_serve)}
+COMMANDS["tune-attention"] = (_add_tune_attention, cmd_tune_attention)
+
+
+def _add_calibrate_cache(sub) -> None:
+    from framecast.launch.calibrate_cache import add_calibrate_arguments
+
+    add_calibrate_arguments(sub.add_parser("calibrate-cache", help="calibrate a feature cache (TeaCache polynomial, "
+                                                                   "MagCache magnitude ratios) on a short run"))
+
+
+def cmd_calibrate_cache(args) -> int:
+    from framecast.launch.calibrate_cache import run_calibrate
+    return run_calibrate(args)
+
+
+COMMANDS["calibrate-cache"] = (_add_calibrate_cache, cmd_calibrate_cache)
 
 
 class OneLineParser(argparse.ArgumentParser):

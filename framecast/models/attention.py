@@ -4,8 +4,12 @@ Shape legend: B batch, L query tokens, S key/value tokens, N heads, H head dim.
 
     attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, backend="sdpa", meta=None) -> o_BLNH
 
-`meta` (an `AttentionCall`: token grid, layer, sampler step, self or cross) is what a sparse or
-caching backend needs to know about the call beyond the tensors; `sdpa` and `flash` ignore it.
+`meta` (an `AttentionCall`: token grid, layer, sampler step, self or cross, frame block, and the
+`AttentionRuntime` — the backend's options, loaded assets and per-request state) is what a sparse
+backend needs to know about the call beyond the tensors; `sdpa` and `flash` ignore it.
+Sparse backends (`Backend.sparse`) are bypassed for dense `sdpa` in three places, written once
+here: cross-attention (text tokens stay dense), the first `dense_steps` sampler steps and the
+layers listed in `dense_layers` (the runtime's warm-up, `attention.dense_steps/dense_layers`).
 `sdpa` is the default and the reference every other backend is tested against. A backend
 declares what it supports through `supports(q, k, v, mask) -> reason | None`; an unsupported
 request falls back to `sdpa` with one warning per distinct reason, an unknown name raises and
@@ -14,10 +18,11 @@ never imports a CUDA extension.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,15 +64,43 @@ class TeacherForcing:
 Mask = Union[None, torch.Tensor, BlockCausal, TeacherForcing]
 
 
+@dataclass
+class AttentionRuntime:
+    """One engine's attention choice and one request's backend state.
+
+    Built from the config by `framecast.engine.components.make_attention`; every request gets
+    `for_request()` (same options and assets, empty state), so state never leaks between
+    requests. Backends key their state by what they need (layer, frame block; the CFG branches are
+    the batch rows of one call)."""
+
+    backend: str = "sdpa"            # name in BACKENDS
+    options: Any = None              # the backend's options (config section attention.NAME), None if it has none
+    assets: Any = None               # per-model data the backend loaded once (a head plan, trained projections)
+    steps: Optional[int] = None      # sampler steps per frame (None: unknown)
+    dense_steps: int = 0             # sparse backends run dense sdpa for sampler steps < dense_steps
+    dense_layers: tuple = ()         # ... and in these layers
+    state: dict = field(default_factory=dict)  # per-request backend state
+
+    def for_request(self) -> "AttentionRuntime":
+        return dataclasses.replace(self, state={})
+
+    def dense(self, meta: "AttentionCall") -> bool:
+        """Whether a sparse backend runs dense for this call (cross-attention, warm-up, dense layer)."""
+        return (meta.kind != "self" or meta.layer in self.dense_layers
+                or (meta.step is not None and meta.step < self.dense_steps))
+
+
 @dataclass(frozen=True)
 class AttentionCall:
-    """Per-call metadata a backend may use (a sparse pattern over the token grid, a cache keyed
-    by layer and step); the reference backends ignore it."""
+    """Per-call metadata a backend may use (a sparse pattern over the token grid, state keyed by
+    layer and frame block); the reference backends ignore it."""
 
     grid: tuple[int, int, int]  # (F', H', W') token grid of the queries
     layer: int                  # block index (`layer_id`)
     step: Optional[int]         # sampler step index, None where the caller does not know it
     kind: str                   # "self" or "cross" attention
+    block: int = 0              # frame block of the pass (DualParal block, NFD frame); 0 for one-pass schedules
+    runtime: Optional[AttentionRuntime] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,11 @@ class Backend:
     fn: str  # import string "module:function" of the attention function
     supports: str  # import string of `supports(q, k, v, mask) -> Optional[str]` (None = supported)
     description: str
+    sparse: bool = False  # dense sdpa for cross-attention, warm-up steps and dense layers (AttentionRuntime.dense)
+    options: str = ""  # import string of its options dataclass: config section attention.NAME ("" = none)
+    load: str = ""  # import string of `load(options, cfg) -> assets`, called once per engine/worker ("" = none)
+    block_causal: Optional[str] = None  # why it refuses block-causal masks (NFD); None = handles them
+    context_keys: Optional[str] = None  # why it refuses extra context keys (DualParal); None = handles them
 
 
 BACKENDS: dict[str, Backend] = {
@@ -88,10 +126,39 @@ BACKENDS: dict[str, Backend] = {
         "framecast.models.attention:flash_supports",
         "flash-attn flash_attn_func (CUDA, fp16/bf16, head dim <= 256)",
     ),
+    "draft": Backend(
+        "draft", "framecast.models.draft_attention:draft_attention", "framecast.models.draft_attention:supports",
+        "DraftAttention: pooled per-frame draft map, top share of each head's map, region-contiguous token order",
+        sparse=True, options="framecast.models.draft_attention:DraftOptions",
+    ),
+    "grat": Backend(
+        "grat", "framecast.models.grat_attention:grat_attention", "framecast.models.grat_attention:supports",
+        "GRAT: group-contiguous token order, criss-cross (cross) or surrounding-group (surround) block masks",
+        sparse=True, options="framecast.models.grat_attention:GratOptions",
+    ),
+    "sparse_vdit": Backend(
+        "sparse_vdit", "framecast.models.sparse_vdit_attention:sparse_vdit_attention", "framecast.models.sparse_vdit_attention:supports",
+        "Sparse-vDiT: per-head full/diagonal/multi-diagonal/vertical-stripe/skip from an offline plan",
+        sparse=True, options="framecast.models.sparse_vdit_attention:SparseVditOptions",
+        load="framecast.models.sparse_vdit_attention:load_plan",
+    ),
+    "rettention": Backend(
+        "rettention", "framecast.models.rettention:rettention_attention", "framecast.models.rettention:supports",
+        "Re-ttention: static sparse mask with the rho correction and a cached residual",
+        sparse=True, options="framecast.models.rettention:RettentionOptions",
+        block_causal="its residual and rho are calibrated on full attention; a block-causal pass has none to calibrate on",
+    ),
+    "sla": Backend(
+        "sla", "framecast.models.sla_attention:sla_attention", "framecast.models.sla_attention:supports",
+        "SLA: critical blocks exact, marginal blocks linear (trained projection), negligible skipped",
+        sparse=True, options="framecast.models.sla_attention:SlaOptions", load="framecast.models.sla_attention:load",
+        block_causal="SLA ranks key blocks over the whole map; a block-causal mask would need a masked compressed map",
+    ),
 }
 
 
-def _resolve(import_string: str) -> Callable:
+def resolve(import_string: str) -> Callable:
+    """The object behind a registry import string "module:name"."""
     module, name = import_string.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -110,7 +177,7 @@ def available_backends() -> dict[str, str]:
     probe = torch.zeros(1, 1, 1, 64, device=device, dtype=dtype)
     out = {}
     for name, b in BACKENDS.items():
-        reason = _resolve(b.supports)(probe, probe, probe, None)
+        reason = resolve(b.supports)(probe, probe, probe, None)
         out[name] = "yes" if reason is None else reason
     return out
 
@@ -119,13 +186,15 @@ def attention(q_BLNH: torch.Tensor, k_BSNH: torch.Tensor, v_BSNH: torch.Tensor, 
               mask: Mask = None, scale: Optional[float] = None, backend: str = "sdpa",
               meta: Optional[AttentionCall] = None) -> torch.Tensor:
     b = check_backend(backend)
-    if backend != "sdpa":
-        reason = _resolve(b.supports)(q_BLNH, k_BSNH, v_BSNH, mask)
+    if b.sparse and (meta is None or meta.runtime is None or meta.runtime.dense(meta)):
+        b = BACKENDS["sdpa"]  # text, warm-up and dense layers (and calls without metadata) stay dense
+    if b.name != "sdpa":
+        reason = resolve(b.supports)(q_BLNH, k_BSNH, v_BSNH, mask)
         if reason is not None:
             warnings.warn(f"attention backend {backend!r} unsupported here ({reason}); using sdpa",
                           RuntimeWarning, stacklevel=2)
             b = BACKENDS["sdpa"]
-    return _resolve(b.fn)(q_BLNH, k_BSNH, v_BSNH, mask=mask, scale=scale, meta=meta)
+    return resolve(b.fn)(q_BLNH, k_BSNH, v_BSNH, mask=mask, scale=scale, meta=meta)
 
 
 def _always(q, k, v, mask) -> Optional[str]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from framecast.models.attention import AttentionCall, Mask, attention
+from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.layers import FeedForward, FP32LayerNorm, apply_rope, timestep_embedding
@@ -50,8 +50,9 @@ class WanContext:
     rope_k: tuple[torch.Tensor, torch.Tensor]  # (cos_SK, sin_SK) for the keys (after kv_hook); see place
     kv_hook: Any = None               # object with .extend(layer_id, k_BSNH, v_BSNH) -> (k, v)
     mask: Mask = None                 # self-attention mask: None (full) or BlockCausal
-    attn_backend: str = "sdpa"        # name in framecast.models.attention.BACKENDS
+    attention: Optional[AttentionRuntime] = None  # backend, options, per-request state (None: sdpa)
     step: Optional[int] = None        # sampler step index, for the attention backend's metadata
+    block: int = 0                    # frame block of this pass, for backend state and feature caches
 
 
 class MLP(nn.Module):
@@ -126,14 +127,19 @@ class WanBlock(nn.Module):
             k_BSNH, v_BSNH = ctx.kv_hook.extend(self.layer_id, k_BSNH, v_BSNH)
         q_BLNH = apply_rope(q_BLNH, *ctx.rope_q)
         k_BSNH = apply_rope(k_BSNH, *ctx.rope_k)
-        meta = AttentionCall(grid=ctx.grid, layer=self.layer_id, step=ctx.step, kind="self")
-        o_BLNH = attention(q_BLNH, k_BSNH, v_BSNH, mask=ctx.mask, backend=ctx.attn_backend, meta=meta)
+        o_BLNH = attention(q_BLNH, k_BSNH, v_BSNH, mask=ctx.mask, **self._call(ctx, "self"))
         return self.attn1.out(o_BLNH)
 
     def cross_attention(self, x_BLD: torch.Tensor, ctx: WanContext) -> torch.Tensor:
         q_BLNH, k_BSNH, v_BSNH = self.attn2.qkv(x_BLD, ctx.text_BSD)
-        meta = AttentionCall(grid=ctx.grid, layer=self.layer_id, step=ctx.step, kind="cross")
-        return self.attn2.out(attention(q_BLNH, k_BSNH, v_BSNH, backend=ctx.attn_backend, meta=meta))
+        return self.attn2.out(attention(q_BLNH, k_BSNH, v_BSNH, **self._call(ctx, "cross")))
+
+    def _call(self, ctx: WanContext, kind: str) -> dict:
+        """The backend name and per-call metadata of one attention call."""
+        rt = ctx.attention
+        meta = AttentionCall(grid=ctx.grid, layer=self.layer_id, step=ctx.step, kind=kind, block=ctx.block,
+                             runtime=rt)
+        return {"backend": "sdpa" if rt is None else rt.backend, "meta": meta}
 
     def forward(self, x_BLD: torch.Tensor, ctx: WanContext) -> torch.Tensor:
         dtype, f = x_BLD.dtype, ctx.mod_BF6D.shape[1]

@@ -13,6 +13,14 @@ velocity at once, which is safe because nothing later in the tick reads block k 
 computing block k it waits only for the velocities of blocks k and k-1 from the previous tick, so
 the pipeline does not drain between ticks. Each `run_ticks` call ends drained (all velocities
 applied), which is what makes its state a resume point.
+
+Feature caches (cache.kind != none): each stage keeps the cache state of its own layers per live
+block. The decision of a pass (compute or reuse) is made once, by rank 0 (it holds block 0, the
+probe), and travels as a one-element flag tensor just before that pass's hidden states, on the
+same group and in the same order (a rank's messages to one peer are ordered, under gloo and NCCL
+alike); a middle stage forwards it the same way. So every stage of a block skips together and no
+rank decides on its own. With cache.kind=none no flag is sent: the messages are as before. A
+resumed run starts its caches cold (the first pass of each live block is computed).
 """
 from __future__ import annotations
 
@@ -30,7 +38,9 @@ class DualParalWorker:
     def __init__(self, cfg: Config, checkpoint: Optional[str], rank: int, dims, groups=None):
         """One pipeline stage of the layout `dims` (ParallelDims with only `pp` > 1); `groups`: its
         named process groups (None for W=1). Built inside its process by a `WorkerHost`."""
-        from framecast.engine.components import DTYPES, build_model, resolve_device, sampler_factory
+        from framecast.engine.cache_calibration import load_calibration
+        from framecast.engine.components import DTYPES, build_model, make_attention, resolve_device, sampler_factory
+        from framecast.models.caches import make_cache
         from framecast.parallel.stage import StageRunner, split_layers
 
         if dims.world != dims.pp:
@@ -44,7 +54,9 @@ class DualParalWorker:
         model = build_model(cfg, checkpoint, layers=self.layers)
         self.model, self.dtype = model, DTYPES[cfg.model.dtype]
         self.stage = StageRunner(model, self.layers, first=rank == 0, last=rank == world - 1,
-                                 attn_backend=cfg.model.attn_backend)
+                                 attention=make_attention(cfg),
+                                 features=make_cache(cfg, load_calibration(cfg, checkpoint)))
+        self.flags = self.stage.features is not None  # a decision flag travels before each pass's hidden states
         self.make_sampler = sampler_factory(cfg)
         self.timesteps = self.make_sampler().timesteps  # host: the samplers read it
         self.timesteps_dev = self.timesteps.to(self.device)  # the model's copy, moved once
@@ -72,6 +84,7 @@ class DualParalWorker:
         cfg = self.cfg
         s = cfg.schedule.dualparal
         self.req = req
+        self.stage.new_request()
         self.plan = make_plan(req.latent_frames, s.block_frames, s.context_frames, cfg.sampler.steps)
         self.guided = guided(cfg.sampler.guidance_scale)
         batch = 2 if self.guided else 1
@@ -120,10 +133,15 @@ class DualParalWorker:
         t = self.timesteps_dev[item.step]
         return x, t.expand(batch)
 
-    def _run(self, item, x_BLD=None) -> torch.Tensor:
+    def _run(self, item, x_BLD=None, given=None) -> torch.Tensor:
         x, t = self._inputs(item)
         return self.stage.run(x, t, self.text, context_frames=item.context_frames, keep_frames=item.keep_kv,
-                              use_cache=item.use_kv, x_BLD=x_BLD)
+                              use_cache=item.use_kv, x_BLD=x_BLD, step=item.step, block=item.block.index,
+                              given=given)
+
+    def _flag(self) -> torch.Tensor:
+        """The feature cache's decision of the pass just run, as a tensor on this rank's device."""
+        return torch.tensor([1.0 if self.stage.features.decided else 0.0], device=self.device)
 
     def _velocity(self, out_BCFHW: torch.Tensor, item) -> torch.Tensor:
         from framecast.engine.denoise import combine_cfg
@@ -192,8 +210,11 @@ class DualParalWorker:
                 done, recv = pending.popleft()
                 self._apply(done, recv.wait(), finished)
             self._start_block(item)
-            sends.append(self.ring.send(self._run(item)))
-            while len(sends) > 2:  # bound the activations in flight
+            out = self._run(item)
+            if self.flags:  # the decision first, then the hidden states it applies to
+                sends.append(self.ring.send(self._flag()))
+            sends.append(self.ring.send(out))
+            while len(sends) > 2 * (1 + self.flags):  # bound the activations in flight
                 sends.popleft().wait()
             shape = (1, self.cfg.model.out_channels, item.own_frames, *self.frame_shape[1:])
             pending.append((item, self.ring.recv(shape, self.dtype)))
@@ -210,16 +231,21 @@ class DualParalWorker:
         tokens_per_frame = self.frame_shape[1] * self.frame_shape[2] // (
             self.cfg.model.patch_size[1] * self.cfg.model.patch_size[2])
 
-        def post(item):
-            return self.ring.recv((batch, item.query_frames * tokens_per_frame, dim), self.dtype)
+        def post(item):  # (decision flag or None, hidden states), posted in the order they are sent
+            flag = self.ring.recv((1,), torch.float32) if self.flags else None
+            return flag, self.ring.recv((batch, item.query_frames * tokens_per_frame, dim), self.dtype)
 
         sends: collections.deque = collections.deque()
         recv = post(items[0]) if items else None
         for i, item in enumerate(items):
             nxt = post(items[i + 1]) if i + 1 < len(items) else None  # receive posted ahead
-            out = self._run(item, x_BLD=recv.wait())
+            flag, hidden = recv
+            given = bool(flag.wait().item()) if flag is not None else None
+            out = self._run(item, x_BLD=hidden.wait(), given=given)
+            if flag is not None and not self.stage.last:  # pass the decision on to the next stage
+                sends.append(self.ring.send(flag.tensor))
             sends.append(self.ring.send(self._velocity(out, item) if self.stage.last else out))
-            while len(sends) > 2:  # bound the activations in flight
+            while len(sends) > 2 * (1 + self.flags):  # bound the activations in flight
                 sends.popleft().wait()
             recv = nxt
         for s in sends:

@@ -202,6 +202,12 @@ class DualParalSchedule(Schedule):
         if cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
             return (f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
                     f"(use parallel.launcher=torchrun or ray for more)")
+        from framecast.models.attention import BACKENDS  # the registry (imports no backend)
+
+        backend = BACKENDS[cfg.model.attn_backend]
+        if backend.context_keys and options.context_frames:  # blocks attend to their neighbour's cached K/V
+            return (f"model.attn_backend={backend.name} cannot run under schedule.name=dualparal with "
+                    f"schedule.dualparal.context_frames > 0: {backend.context_keys}")
         return None
 
     def max_frames(self, req):

@@ -59,32 +59,34 @@ def passes(frames: int, lead_frames: int) -> int:
 
 def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable,
                  on_step: Optional[Callable[[int], None]] = None, lead_frames: int = 0) -> torch.Tensor:
-    """Run a fresh `make_sampler()`'s timesteps over the clip; `denoise(lat, t) -> velocity`, `t` a
-    scalar or one timestep per latent frame [F]. on_step(i) after each of the steps (i counts on
-    through both passes when `lead_frames` splits the clip)."""
+    """Run a fresh `make_sampler()`'s timesteps over the clip; `denoise(lat, t, step=i, block=p)
+    -> velocity`, `t` a scalar or one timestep per latent frame [F], `i` the sampler step and `p`
+    the pass (0, or 1 for the second pass of `lead_frames`: a feature cache keeps one state per
+    trajectory). on_step(i) after each of the steps (i counts on through both passes when
+    `lead_frames` splits the clip)."""
     f = lat_1CFHW.shape[2]
     if passes(f, lead_frames) == 1:
         sampler = make_sampler()
         for i, t in enumerate(sampler.timesteps):
-            lat_1CFHW = sampler.step(denoise(lat_1CFHW, t), t, lat_1CFHW)
+            lat_1CFHW = sampler.step(denoise(lat_1CFHW, t, step=i, block=0), t, lat_1CFHW)
             if on_step is not None:
                 on_step(i)
         return lat_1CFHW
     lead = torch.arange(f) < lead_frames                      # (F,) the frames denoised first
     sampler = make_sampler()
     lat_1CFHW = denoise_part(denoise, lat_1CFHW, sampler, lead, sampler.timesteps[0], on_step, 0)
-    return denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps))
+    return denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps), block=1)
 
 
 def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
-                 on_step: Optional[Callable[[int], None]], first: int) -> torch.Tensor:
+                 on_step: Optional[Callable[[int], None]], first: int, block: int = 0) -> torch.Tensor:
     """Step the frames in `moving_F` through the sampler; the others stay as they are, seen by the
-    model at timestep `held_t`."""
+    model at timestep `held_t`. `block`: which trajectory this is (the feature cache's state key)."""
     keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
     for i, t in enumerate(sampler.timesteps):
         t_F = torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32),
                           torch.as_tensor(held_t, dtype=torch.float32))
-        stepped = sampler.step(denoise(lat_1CFHW, t_F), t, lat_1CFHW)
+        stepped = sampler.step(denoise(lat_1CFHW, t_F, step=i, block=block), t, lat_1CFHW)
         lat_1CFHW = torch.where(keep, lat_1CFHW, stepped)
         if on_step is not None:
             on_step(first + i)

@@ -98,8 +98,8 @@ def frame_noise(seed: int, frame: int, shape_CHW: Sequence[int], stream: str = "
 # ---------------------------------------------------------------------------------------------
 
 def forward_on_cache(model, lat_BCFHW: torch.Tensor, t_BF: torch.Tensor, text_BSD: torch.Tensor,
-                     actions_BF: Optional[torch.Tensor], hook: CacheHook, attn_backend: str = "sdpa",
-                     step: Optional[int] = None):
+                     actions_BF: Optional[torch.Tensor], hook: CacheHook, attention=None,
+                     step: Optional[int] = None, block: int = 0):
     """The model's prediction [B, C, F, H, W] for F frames placed after the hook's cache window:
     block-causal among themselves, keys placed at window-local positions 0 .. window + F − 1, and
     each frame sees at most the cache's `window` frames before it (a chunk of drafts sees, frame
@@ -117,8 +117,8 @@ def forward_on_cache(model, lat_BCFHW: torch.Tensor, t_BF: torch.Tensor, text_BS
         ctx.kv_hook = hook
         return ctx
 
-    return run_model(model, lat_BCFHW, t_BF, Conditioning(text_BSD, actions_BF), attn_backend=attn_backend,
-                     step=step, prepare=prepare)
+    return run_model(model, lat_BCFHW, t_BF, Conditioning(text_BSD, actions_BF), attention=attention,
+                     step=step, block=block, prepare=prepare)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,13 +134,13 @@ class NfdRollout:
     frame_shape: latent (C, H, W)."""
 
     def __init__(self, model, denoiser, new_sampler: Callable, frame_shape: Sequence[int], *, seed: int = 0,
-                 window: int = 32, context_sigma: float = 0.0, attn_backend: str = "sdpa",
+                 window: int = 32, context_sigma: float = 0.0,
                  num_train_timesteps: int = 1000, fuse_commit: bool = False):
         if not 0.0 <= context_sigma < 1.0:
             raise ValueError(f"context_sigma must be in [0, 1), got {context_sigma}")
         self.model, self.denoiser, self.new_sampler = model, denoiser, new_sampler
         self.frame_shape = tuple(frame_shape)
-        self.seed, self.context_sigma, self.attn_backend = seed, float(context_sigma), attn_backend
+        self.seed, self.context_sigma = seed, float(context_sigma)
         self.num_train_timesteps = num_train_timesteps
         self.cache = CausalKVCache(window)  # validates window
         self.window = window
@@ -163,7 +163,8 @@ class NfdRollout:
         x, t_BF, text = self.denoiser.inputs(lat_1CFHW, t_F)
         actions_BF = self._actions_BF(actions, x)
         self.forwards += 1
-        out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.attn_backend, step=step)
+        out = forward_on_cache(self.model, x, t_BF, text, actions_BF, hook, self.denoiser.attention, step=step,
+                               block=self.next_frame)
         return self.denoiser.combine(out).float()
 
     def _actions_BF(self, actions: Sequence[int], x_BCFHW: torch.Tensor) -> Optional[torch.Tensor]:
@@ -304,8 +305,8 @@ class NfdRolloutNoCache(NfdRollout):
             ctx.mask = BlockCausal(frame_tokens=ctx.grid[1] * ctx.grid[2], window=self.window)
             return ctx
 
-        out = run_model(self.model, x, t_BF, Conditioning(text, actions_BF), attn_backend=self.attn_backend,
-                        step=step, prepare=prepare)
+        out = run_model(self.model, x, t_BF, Conditioning(text, actions_BF), attention=self.denoiser.attention,
+                        step=step, block=self._frames, prepare=prepare)
         return self.denoiser.combine(out[:, :, c:]).float()
 
     def commit(self, start: int, lat_1CFHW: torch.Tensor, actions: Sequence[int]) -> None:

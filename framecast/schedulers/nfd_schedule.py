@@ -42,6 +42,16 @@ class NfdSchedule(Schedule):
         if cfg.model.patch_size[0] != 1 or cfg.vae.temporal_stride != 1:
             return (f"schedule.name=nfd generates one video frame at a time: it needs model.patch_size[0]=1 "
                     f"and vae.temporal_stride=1, got {cfg.model.patch_size[0]} and {cfg.vae.temporal_stride}")
+        if cfg.cache.kind != "none":
+            # a frame gets only sampler.steps (4) steps, the first and last of which every cache computes,
+            # and its first pass is wider (it commits the previous frame): nothing left to reuse
+            return (f"cache.kind={cfg.cache.kind} does not work with schedule.name=nfd (a frame's few steps leave "
+                    f"nothing to reuse); use cache.kind=none")
+        from framecast.models.attention import BACKENDS  # the registry (imports no backend)
+
+        backend = BACKENDS[cfg.model.attn_backend]
+        if backend.block_causal:  # NFD attends block-causally over its KV cache
+            return f"model.attn_backend={backend.name} cannot run under schedule.name=nfd: {backend.block_causal}"
         return None
 
     def check(self, req, actions) -> None:

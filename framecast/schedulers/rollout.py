@@ -69,16 +69,17 @@ def rollout(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable, 
             context_frames: int, on_step: Optional[Callable[[int], None]] = None,
             lead_frames: int = 0) -> Iterator[torch.Tensor]:
     """Yield each chunk's finished latents [1, C, f, H, W], oldest first. `lat_1CFHW`: the initial
-    noise of the whole clip (each chunk starts from its own frames of it); `denoise(lat, t_F)`: the
-    velocity of a window, `t_F` one timestep per frame. on_step(i) after each step (i counts on
+    noise of the whole clip (each chunk starts from its own frames of it); `denoise(lat, t_F, step=i,
+    block=k)`: the velocity of a window, `t_F` one timestep per frame, `k` the chunk (a feature
+    cache keeps one state per chunk). on_step(i) after each step (i counts on
     through the chunks)."""
     context = lat_1CFHW[:, :, :0]                    # the last `context_frames` finished frames
     first = 0
-    for chunk in chunks(lat_1CFHW.shape[2], chunk_frames, lead_frames):
+    for k, chunk in enumerate(chunks(lat_1CFHW.shape[2], chunk_frames, lead_frames)):
         window = torch.cat([context, lat_1CFHW[:, :, chunk.start:chunk.stop]], dim=2)
         moving_F = torch.arange(window.shape[2]) >= context.shape[2]
         sampler = make_sampler()
-        window = denoise_part(denoise, window, sampler, moving_F, 0.0, on_step, first)
+        window = denoise_part(denoise, window, sampler, moving_F, 0.0, on_step, first, block=k)
         first += len(sampler.timesteps)
         done = window[:, :, context.shape[2]:]
         yield done
