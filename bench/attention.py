@@ -6,9 +6,11 @@ token grids (frames of 32 x 32 tokens, 12 heads x 64, fp32 by default), at sever
 Rows: `sdpa` (dense, the reference), `kernel` (the shared `block_sparse_attention` with a random
 top-k table of 128 x 128 blocks, the same number of blocks in every row), and each sparse backend
 called by name through `framecast.models.attention.attention` with its default options from the
-config (density set where the options have a `density` field; a backend with a fixed pattern,
-e.g. GRAT, runs once per size with its defaults). A backend that raises NotImplementedError, needs
-loaded assets, or refuses the call (`supports`) is listed with the reason and not timed. Backends
+config (`make_attention`, with its assets; density set where the options have a `density` field; a
+backend with a fixed pattern runs with its defaults, GRAT also with `mode=surround`; per-model files
+of the tiny preset are left out, so sparse_vdit runs its default mode in every head and sla its zero
+projection). A backend that raises or refuses the call (`supports`) is listed with the reason and
+not timed. Backends
 see sampler steps 20, 21, ... of 50 (past any dense warm-up) with one runtime per (size, density),
 so per-request state builds up as in a run. Times are medians; `--repeats` applies up to 16k tokens,
 64k runs once (dense sdpa takes minutes there on 2 cores). Prints a table and writes
@@ -34,6 +36,24 @@ from framecast.models.attention import (BACKENDS, AttentionCall, AttentionRuntim
 from framecast.models.block_sparse import block_sparse_attention, num_blocks  # noqa: E402
 
 GRIDS = {"4k": (4, 32, 32), "16k": (16, 32, 32), "64k": (64, 32, 32)}
+# fixed-pattern backends: settings timed besides the defaults
+EXTRA_VARIANTS = {"grat": [{"mode": "surround"}]}
+# the option that sets the kept share of blocks, where it is not called `density`
+DENSITY_FIELD = {"sla": "critical"}
+# per-model files a tiny preset names do not fit these shapes: each backend's fallback runs instead
+# (sparse_vdit: every head its default mode; sla: zero projections = block-sparse over the critical blocks)
+NO_MODEL_FILES = ["attention.sparse_vdit.plan=", "attention.sla.weights="]
+
+
+def configured_runtime(name: str, heads: int, head_dim: int) -> AttentionRuntime:
+    """The backend's runtime as the config builds it (options, assets via Backend.load), for a
+    one-layer model of these heads."""
+    from framecast.config import load_config
+    from framecast.engine.components import make_attention
+
+    cfg = load_config("tiny", [f"model.attn_backend={name}", f"model.num_attention_heads={heads}",
+                               f"model.attention_head_dim={head_dim}", "model.num_layers=1", *NO_MODEL_FILES])
+    return make_attention(cfg).for_request()
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -56,19 +76,19 @@ def backend_rows(name, q, k, v, grid, densities, repeats):
     """One row per density (or one row for a fixed-pattern backend), or a skipped row with the reason."""
     b = BACKENDS[name]
     base = {"backend": name}
-    if b.load:
-        return [{**base, "note": "skipped: needs loaded assets (Backend.load)"}]
     reason = resolve(b.supports)(q, k, v, None)
     if reason is not None:
         return [{**base, "note": f"skipped: {reason}"}]
-    options_cls = resolve(b.options) if b.options else None
-    has_density = options_cls is not None and "density" in {f.name for f in dataclasses.fields(options_cls)}
+    configured = configured_runtime(name, q.shape[2], q.shape[3])
+    options_cls = type(configured.options) if configured.options is not None else None
+    key = DENSITY_FIELD.get(name, "density")
+    has_density = options_cls is not None and key in {f.name for f in dataclasses.fields(options_cls)}
+    variants = [({key: d}, d) for d in densities] if has_density else [({}, None)]
+    variants += [(dict(v), None) for v in EXTRA_VARIANTS.get(name, [])]
     rows = []
-    for density in densities if has_density else [None]:
-        options = options_cls() if options_cls else None
-        if density is not None:
-            options = dataclasses.replace(options, density=density)
-        runtime = AttentionRuntime(backend=name, options=options, steps=50)
+    for changes, density in variants:
+        options = dataclasses.replace(configured.options, **changes) if changes else configured.options
+        runtime = dataclasses.replace(configured, options=options, steps=50, dense_steps=0, dense_layers=())
 
         def call(i):
             meta = AttentionCall(grid=grid, layer=0, step=20 + i, kind="self", runtime=runtime)
@@ -80,8 +100,9 @@ def backend_rows(name, q, k, v, grid, densities, repeats):
             return [{**base, "note": "skipped: not implemented yet"}]
         except Exception as e:  # a broken backend must not stop the others' rows
             return [{**base, "note": f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}"}]
-        rows.append({**base, "density": density, "seconds": seconds,
-                     "note": "" if density is not None else "fixed pattern (default options)"})
+        shown = {k: v for k, v in changes.items() if k != key}
+        note = "" if density is not None else f"fixed pattern ({shown or 'default options'})"
+        rows.append({**base, "density": density, "seconds": seconds, "note": note})
     return rows
 
 

@@ -56,5 +56,11 @@ def run_model(model, lat_BCFHW: torch.Tensor, t, cond: Conditioning, *,
         x_BLD = cache.run_blocks(model, x_BLD, ctx, layers)
     else:
         for i in layers:
-            x_BLD = model.blocks[i](x_BLD, ctx)
+            x_BLD = run_block(model, i, x_BLD, ctx)
     return model.head(x_BLD, ctx) if head else x_BLD
+
+
+def run_block(model, i: int, x_BLD: torch.Tensor, ctx) -> torch.Tensor:
+    """Block `i` on x_BLD: the one place a block is called (the loop above and a feature cache,
+    which decides per block whether to call it)."""
+    return model.blocks[i](x_BLD, ctx)

@@ -34,6 +34,8 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 
+from framecast.models.blocks import run_block
+
 
 @dataclass
 class NoOptions:
@@ -91,7 +93,7 @@ class FeatureCache:
     # ------------------------------------------------------------------------------- helpers
     def compute(self, model, x_BLD: torch.Tensor, ctx, layers: Sequence[int]) -> torch.Tensor:
         for i in layers:
-            x_BLD = model.blocks[i](x_BLD, ctx)
+            x_BLD = run_block(model, i, x_BLD, ctx)
         self.stats["blocks"] += len(layers)
         return x_BLD
 
@@ -100,7 +102,7 @@ class FeatureCache:
         """Run `layers`, holding each one's residual (output − input) under (layer, "residual"), or
         `keep(held, residual)` of it (e.g. Taylor factors)."""
         for i in layers:
-            y_BLD = model.blocks[i](x_BLD, ctx)
+            y_BLD = run_block(model, i, x_BLD, ctx)
             r_BLD = y_BLD - x_BLD
             st[(i, "residual")] = r_BLD if keep is None else keep(st.get((i, "residual")), r_BLD)
             x_BLD = y_BLD
