@@ -15,7 +15,8 @@ the uncached one, and the world's metrics (framecast.world.metrics: adherence, d
 the uncached video's. Models: `tiny` (builtin:tiny, the trained pixel-space model) and
 `wan-random` (random init, Wan-shaped blocks: patch 1x2x2, 12 layers, width 192; small enough for
 CPU; world metrics mean nothing there). `--attn NAME` runs everything with model.attn_backend=NAME
-(cache and sparse attention together; the baseline then is that backend uncached).
+(cache and sparse attention together; the baseline then is that backend uncached, and `psnr_dense`
+is against the dense, uncached video).
 Writes bench/results/caches.json and, when matplotlib is installed (`pip install
 'framecast[bench]'`), bench/results/caches.png (PSNR against wall-time speedup, one line per
 kind). Asserts nothing.
@@ -125,7 +126,12 @@ def bench_model(name: str, args) -> list[dict]:
     videos = videos if name == "tiny" else videos[:args.wan_videos]  # the bigger model: fewer, shorter
     run(engine, videos[0][0], videos[0][1], min(frames, 2), lambda: None)  # warm-up (first-call allocations)
     refs = {(p, s): run(engine, p, s, frames, lambda: None, args.repeat) for p, s in videos}
-    rows = [summarise(name, "none", [], refs, refs, args)]
+    dense = None
+    if args.attn:  # the dense (sdpa) uncached video as well: what cache + sparse attention cost together
+        d = Engine.from_preset("tiny", [*base, "model.attn_backend=sdpa"])
+        d._parts["model"], d._parts["text"] = engine.model, engine.text
+        dense = {key: run(d, key[0], key[1], frames, lambda: None) for key in refs}
+    rows = [summarise(name, "none", [], refs, refs, args, dense)]
     print_row(rows[-1])
     for kind, overrides in grid:
         e = Engine.from_preset("tiny", [*base, f"cache.kind={kind}", *overrides])
@@ -134,7 +140,7 @@ def bench_model(name: str, args) -> list[dict]:
         if kind in ("teacache", "magcache") and name != "tiny":
             e.cfg.cache.calibration = str(calibration_for(e, kind, args, frames))
         outs = {key: run(e, key[0], key[1], frames, e.feature_cache, args.repeat) for key in refs}
-        rows.append(summarise(name, kind, overrides, outs, refs, args))
+        rows.append(summarise(name, kind, overrides, outs, refs, args, dense))
         print_row(rows[-1])
     return rows
 
@@ -181,12 +187,14 @@ def calibration_for(engine, kind: str, args, frames: int) -> Path:
     return path
 
 
-def summarise(model: str, kind: str, overrides: list[str], outs: dict, refs: dict, args) -> dict:
+def summarise(model: str, kind: str, overrides: list[str], outs: dict, refs: dict, args,
+              dense: dict | None = None) -> dict:
     per = []
     for key, out in outs.items():
         ref = refs[key]
         w, wr = world(out["video"], key[0]), world(ref["video"], key[0])
-        per.append({"blocks": out["blocks"], "evals_x": ref["blocks"] / out["blocks"], "wall_s": out["wall_s"],
+        per.append({"psnr_dense": min(psnr(out["video"], dense[key]["video"]), 99.0) if dense else None,
+                    "blocks": out["blocks"], "evals_x": ref["blocks"] / out["blocks"], "wall_s": out["wall_s"],
                     "wall_x": ref["wall_s"] / out["wall_s"], "cpu_s": out["cpu_s"], "time_x": ref["cpu_s"] / out["cpu_s"],
                     "psnr": min(psnr(out["video"], ref["video"]), 99.0),
                     "ssim": ssim(out["video"], ref["video"]), "adherence": w["adherence"],
@@ -203,13 +211,13 @@ def summarise(model: str, kind: str, overrides: list[str], outs: dict, refs: dic
 
 COLUMNS = [("model", 10), ("kind", 10), ("setting", 34), ("evals_x", 7), ("wall_s", 7), ("wall_x", 6),
            ("cpu_s", 6), ("time_x", 6),
-           ("psnr", 6), ("ssim", 6), ("adherence", 9), ("adherence_ref", 9)]
+           ("psnr", 6), ("ssim", 6), ("psnr_dense", 10), ("adherence", 9), ("adherence_ref", 9)]
 
 
 def print_row(row: dict) -> None:
     def fmt(v, w):
         return f"{v:>{w}.3g}" if isinstance(v, float) else f"{str(v):>{w}}"
-    print("  ".join(fmt(row[k], w) for k, w in COLUMNS), flush=True)
+    print("  ".join(fmt(row.get(k), w) for k, w in COLUMNS), flush=True)
 
 
 def plot(rows: list[dict], path: Path) -> bool:

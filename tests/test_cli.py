@@ -24,6 +24,8 @@ def test_info(capsys):
     assert "torch" in out and "device:" in out
     assert "attention backend sdpa: available" in out and "attention backend flash:" in out
     assert "ray:" in out and "presets: tiny" in out
+    assert all(f"attention backend {b}: available" in out for b in ("draft", "grat", "sparse_vdit", "rettention", "sla"))
+    assert "feature caches (cache.kind): none, taylorseer" in out
 
 
 def test_generate_mp4_with_progress_and_summary(tmp_path, capsys):

@@ -1,5 +1,7 @@
 """DraftAttention (backend `draft`): dense at density 1, exactly the blocks it selects, a bounded
 error at the default density, context keys, BlockCausal, options, and the tiny model end to end."""
+import dataclasses
+import itertools
 import math
 import warnings
 
@@ -12,8 +14,8 @@ from framecast.config import ConfigError, load_config
 from framecast.models.attention import (AttentionCall, AttentionRuntime, BlockCausal, TeacherForcing, attention,
                                         sdpa_attention)
 from framecast.models.block_sparse import apply_layout, layout_valid, masked_dense_attention, undo_layout
-from framecast.models.draft_attention import (DraftOptions, draft_attention, draft_keep, draft_layout, pool_size,
-                                              supports)
+from framecast.models.draft_attention import (DraftOptions, bucket_sizes, draft_attention, draft_keep, draft_layout,
+                                              pool_size, supports)
 
 SMALL = ["model.weights=", "model.num_layers=2", "sampler.steps=2", "sampler.guidance_scale=1"]
 
@@ -51,7 +53,7 @@ def selected_reference(q, k, v, grid_hw, options, scale=None):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     iq, ik, block = draft_layout(q.shape[1], k.shape[1], grid_hw, options)
     ql, kl, vl = apply_layout(q, iq), apply_layout(k, ik), apply_layout(v, ik)
-    keep = draft_keep(ql, kl, block, layout_valid(iq), layout_valid(ik), options.density, scale)
+    keep = draft_keep(ql, kl, block, layout_valid(iq), layout_valid(ik), options.density, scale, options.buckets)
     o = masked_dense_attention(ql, kl, vl, keep, block, block, scale, kv_valid_S=layout_valid(ik))
     return undo_layout(o, iq, q.shape[1]), keep
 
@@ -72,16 +74,67 @@ def test_density_one_equals_dense_sdpa_also_on_a_grid_the_pool_does_not_divide(g
 
 
 @pytest.mark.parametrize("grid,options", [((4, 16, 16), DraftOptions()),
+                                          ((4, 16, 16), DraftOptions(buckets=0)),
+                                          ((4, 16, 16), DraftOptions(pool_h=2, pool_w=4, buckets=3)),
                                           ((3, 6, 10), DraftOptions(density=0.2, pool_h=4, pool_w=4))])
 def test_output_is_attention_over_exactly_the_selected_blocks(grid, options):
     q, k, v = video_qkv(grid, seed=1)
     ref, keep = selected_reference(q, k, v, grid[1:], options)
     out = draft_attention(q, k, v, meta=meta(grid, options))
     assert (out - ref).abs().max() <= 1e-5
+    _, exact = selected_reference(q, k, v, grid[1:], dataclasses.replace(options, buckets=0))
     B, N, Q, K = keep.shape
-    assert keep.any(-1).all()                                        # every query block attends somewhere
-    assert keep.sum() <= B * N * (math.ceil(options.density * Q * K) + Q)  # the share of the whole map (+ rescues)
-    assert (keep.sum(-1) != keep.sum(-1)[..., :1]).any()             # a share of the map, not top-k per row
+    assert exact.any(-1).all()                                        # every query block attends somewhere
+    assert exact.sum() <= B * N * (math.ceil(options.density * Q * K) + Q)  # the share of the whole map (+ rescues)
+    assert (exact.sum(-1) != exact.sum(-1)[..., :1]).any()            # a share of the map, not top-k per row
+    assert (keep >= exact).all()                                      # buckets only add blocks
+    assert torch.unique(keep.sum(-1)).numel() <= (options.buckets or Q * K)
+
+
+def test_the_table_is_the_top_share_of_each_head_map_and_buckets_add_each_rows_next_best():
+    grid = (4, 16, 16)
+    q, k, v = video_qkv(grid, seed=4)
+    options = DraftOptions(pool_h=2, pool_w=4)             # 32 regions a frame: many distinct counts a row
+    iq, ik, block = draft_layout(q.shape[1], k.shape[1], grid[1:], options)
+    ql, kl = apply_layout(q, iq), apply_layout(k, ik)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    # the draft map as the paper computes it: mean-pooled regions, softmax over key regions
+    B, P, N, H = ql.shape
+    qp, kp = (x.view(B, P // block, block, N, H).mean(2).permute(0, 2, 1, 3) for x in (ql, kl))
+    draft = torch.softmax(qp @ kp.transpose(-1, -2) * scale, dim=-1)
+    Q, K = draft.shape[-2:]
+    n_keep = math.ceil(options.density * Q * K)
+    flat = draft.flatten(2)
+    top = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, flat.topk(n_keep, dim=-1).indices, True).view_as(draft)
+    best = torch.zeros_like(top).scatter_(-1, draft.argmax(-1, keepdim=True), True)
+    exact = draft_keep(ql, kl, block, None, None, options.density, scale, buckets=0)
+    assert torch.equal(exact, top | (best & ~top.any(-1, keepdim=True)))   # the top share + rescues, nothing else
+    for buckets in (1, 4, 8):
+        keep = draft_keep(ql, kl, block, None, None, options.density, scale, buckets)
+        counts = keep.sum(-1)
+        assert (keep >= exact).all() and torch.unique(counts).numel() <= buckets
+        assert torch.equal(torch.unique(counts), bucket_sizes(exact.sum(-1), buckets))
+        # the added entries are the row's next best: every kept entry outranks every dropped one
+        lowest_kept = draft.masked_fill(~keep, math.inf).amin(-1)
+        highest_dropped = draft.masked_fill(keep, -math.inf).amax(-1)
+        assert (lowest_kept[~exact.all(-1)] >= highest_dropped[~exact.all(-1)]).all()
+
+
+def test_bucket_sizes_add_the_fewest_blocks():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        counts = torch.randint(1, 12, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g)
+        buckets = int(torch.randint(1, 5, (1,), generator=g))
+        sizes = bucket_sizes(counts, buckets)
+
+        def added(chosen):
+            chosen = torch.tensor(sorted(chosen))
+            return int((chosen[torch.searchsorted(chosen, counts)] - counts).sum())
+
+        values = sorted(set(counts.tolist()))
+        fewest = min(added([*extra, values[-1]]) for r in range(min(buckets, len(values)))
+                     for extra in itertools.combinations(values[:-1], r))   # every choice, brute force
+        assert sizes.numel() <= buckets and sizes.max() == counts.max() and added(sizes.tolist()) == fewest
 
 
 def test_error_at_the_default_density_is_bounded_and_far_below_random_blocks():

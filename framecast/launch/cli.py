@@ -266,6 +266,8 @@ def cmd_info(args) -> int:
         print(f"device: cpu ({torch.get_num_threads()} threads); no CUDA")
     for name, status in available_backends().items():
         print(f"attention backend {name}: {'available' if status == 'yes' else 'unavailable: ' + status}")
+    from framecast.models.caches import KINDS
+    print(f"feature caches (cache.kind): {', '.join(KINDS)}")
     ray = importlib.util.find_spec("ray")
     if ray is None:
         print("ray: not installed (pip install 'framecast[ray]')")
