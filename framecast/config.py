@@ -273,7 +273,7 @@ def _floats(node, prefix: str = ""):
 
 def validate(cfg: Config) -> None:
     """Range and choice checks; raises ConfigError naming the key and the allowed values."""
-    from framecast.models.attention import BACKENDS  # names only; backends import lazily
+    from framecast.models.attention import BACKENDS
 
     for key, value in _floats(cfg):
         if not math.isfinite(value):
@@ -316,16 +316,7 @@ def _validate_schedules(cfg: Config) -> None:
     if cfg.schedule.name not in SCHEDULES:
         raise ConfigError(f"schedule.name={cfg.schedule.name!r} is not allowed; choose one of: {', '.join(SCHEDULES)}")
     for name, options in _schedule_sections(cfg):
-        for key, allowed in getattr(options, "CHOICES", {}).items():
-            if getattr(options, key) not in allowed:
-                raise ConfigError(f"schedule.{name}.{key}={getattr(options, key)!r} is not allowed; "
-                                  f"choose one of: {', '.join(allowed)}")
-        for key, low in getattr(options, "MINIMUM", {}).items():
-            if getattr(options, key) < low:
-                raise ConfigError(f"schedule.{name}.{key}={getattr(options, key)} is out of range; must be >= {low}")
-        problem = options.check() if hasattr(options, "check") else None
-        if problem:
-            raise ConfigError(problem)
+        _check_section(f"schedule.{name}", options)
     selected = schedule_class(cfg.schedule.name)
     problem = selected.check_config(cfg, getattr(cfg.schedule, cfg.schedule.name))
     if problem:
@@ -342,39 +333,37 @@ def _validate_attention(cfg: Config) -> None:
     if bad:
         raise ConfigError(f"attention.dense_layers={list(a.dense_layers)}: layers must be in 0..{cfg.model.num_layers - 1}")
     for f in fields(a):
-        options = getattr(a, f.name)
-        if not is_dataclass(options):
-            continue
-        for key, allowed in getattr(options, "CHOICES", {}).items():
-            if getattr(options, key) not in allowed:
-                raise ConfigError(f"attention.{f.name}.{key}={getattr(options, key)!r} is not allowed; "
-                                  f"choose one of: {', '.join(map(str, allowed))}")
-        for key, low in getattr(options, "MINIMUM", {}).items():
-            if getattr(options, key) < low:
-                raise ConfigError(f"attention.{f.name}.{key}={getattr(options, key)} is out of range; must be >= {low}")
-        for key, high in getattr(options, "MAXIMUM", {}).items():
-            if getattr(options, key) > high:
-                raise ConfigError(f"attention.{f.name}.{key}={getattr(options, key)} is out of range; must be <= {high}")
-        problem = options.check() if hasattr(options, "check") else None
-        if problem:
-            raise ConfigError(problem)
+        if is_dataclass(getattr(a, f.name)):
+            _check_section(f"attention.{f.name}", getattr(a, f.name))
 
 
 def _validate_cache(cfg: Config) -> None:
-    """cache.kind and every kind's section (MINIMUM / MAXIMUM by field)."""
+    """cache.kind and every kind's section."""
     from framecast.models.caches import KINDS
 
     c = cfg.cache
     if c.kind not in KINDS:
         raise ConfigError(f"cache.kind={c.kind!r} is not allowed; choose one of: {', '.join(KINDS)}")
     for kind in (k for k in KINDS if KINDS[k]):
-        options = getattr(c, kind)
-        for key, low in getattr(options, "MINIMUM", {}).items():
-            if getattr(options, key) < low:
-                raise ConfigError(f"cache.{kind}.{key}={getattr(options, key)} is out of range; must be >= {low}")
-        for key, high in getattr(options, "MAXIMUM", {}).items():
-            if getattr(options, key) > high:
-                raise ConfigError(f"cache.{kind}.{key}={getattr(options, key)} is out of range; must be <= {high}")
+        _check_section(f"cache.{kind}", getattr(c, kind))
+
+
+def _check_section(prefix: str, options) -> None:
+    """An options section's declared checks: CHOICES, MINIMUM and MAXIMUM by field, then `check()`
+    (one line naming the problem), for the sections that schedules, backends and caches bring."""
+    for key, allowed in getattr(options, "CHOICES", {}).items():
+        if getattr(options, key) not in allowed:
+            raise ConfigError(f"{prefix}.{key}={getattr(options, key)!r} is not allowed; "
+                              f"choose one of: {', '.join(map(str, allowed))}")
+    for key, low in getattr(options, "MINIMUM", {}).items():
+        if getattr(options, key) < low:
+            raise ConfigError(f"{prefix}.{key}={getattr(options, key)} is out of range; must be >= {low}")
+    for key, high in getattr(options, "MAXIMUM", {}).items():
+        if getattr(options, key) > high:
+            raise ConfigError(f"{prefix}.{key}={getattr(options, key)} is out of range; must be <= {high}")
+    problem = options.check() if hasattr(options, "check") else None
+    if problem:
+        raise ConfigError(problem)
 
 
 def schedule_options(cfg: Config):

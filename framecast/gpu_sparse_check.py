@@ -94,7 +94,7 @@ def kernel_speed(tokens: int, density: float, device: str, dtype: torch.dtype, t
             "speedup": dense_ms / sparse_ms}
 
 
-def check_sparse(budget, rel_l2: Callable, median_ms: Callable, row_cls) -> "row_cls":
+def check_sparse(budget, rel_l2: Callable, median_ms: Callable, row_cls):
     """One row: every backend's rel-L2 (GPU vs CPU, fp32) and the kernel's speed-up (bf16)."""
     sync = torch.cuda.synchronize
     errors, failed = {}, []

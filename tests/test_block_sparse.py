@@ -66,11 +66,14 @@ def test_padding_keys_are_never_attended_and_a_block_of_padding_counts_as_not_ke
         assert out[1, :32, 2].abs().max() == 0.0
 
 
-def test_flex_path_eager_on_cpu_equals_gather_path():
-    q, k, v = qkv(L=100, S=150)
-    keep = random_table(2, 3, num_blocks(100, 16), num_blocks(150, 32), 0.3, seed=7)
-    out = flex_block_sparse_attention(q, k, v, keep, 16, 32, compile=False)
-    ref = gather_block_sparse_attention(q, k, v, keep, 16, 32)
+@pytest.mark.parametrize("L, S, block_q, block_k", [(100, 150, 16, 32), (200, 260, 48, 40), (300, 150, 128, 128)])
+def test_flex_path_eager_on_cpu_equals_gather_path(L, S, block_q, block_k):
+    """Block sizes that are not multiples of the compiled kernel's tile (FLEX_TILE) go through
+    coarse tiles masked exactly by the fine table; multiples map one to one."""
+    q, k, v = qkv(L=L, S=S)
+    keep = random_table(2, 3, num_blocks(L, block_q), num_blocks(S, block_k), 0.3, seed=7)
+    out = flex_block_sparse_attention(q, k, v, keep, block_q, block_k, compile=False)
+    ref = gather_block_sparse_attention(q, k, v, keep, block_q, block_k)
     assert (out - ref).abs().max() <= 1e-5
 
 

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from framecast.config import ConfigError, load_config
 from framecast.models.attention import (AttentionCall, AttentionRuntime, BlockCausal, TeacherForcing, attention,
                                         sdpa_attention)
+from framecast.models.attention import block_causal_only as supports
 from framecast.models.block_sparse import apply_layout, layout_valid, masked_dense_attention, undo_layout
 from framecast.models.draft_attention import (DraftOptions, bucket_sizes, draft_attention, draft_keep, draft_layout,
-                                              pool_size, supports)
+                                              pool_size)
 
 SMALL = ["model.weights=", "model.num_layers=2", "sampler.steps=2", "sampler.guidance_scale=1"]
 

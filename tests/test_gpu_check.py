@@ -141,3 +141,18 @@ def test_gpu_mode_driver(monkeypatch, tmp_path, capsys):
     assert [(r["check"], r["status"]) for r in rows] == [("flash", "pass"), ("dualparal-nccl", "skip"),
                                                          ("nfd-fps", "FAILED")]
     assert gc.main(["--only", "flash"]) == 0
+
+
+@pytest.mark.parametrize("backend", ["draft", "grat", "sparse_vdit", "rettention", "sla"])
+def test_sparse_check_core_runs_every_backend_on_cpu(backend):
+    """The sparse check's core at a tiny size, both 'devices' the CPU: each backend runs with its
+    configured options (no tiny-model files) and a second call (Re-ttention: after calibrating)."""
+    from framecast.gpu_sparse_check import sparse_outputs
+
+    out, ref = sparse_outputs(backend, 2, "cpu", torch.float32, frame=(8, 8), heads=2, head_dim=16)
+    assert out.shape == (1, 2 * 64, 2, 16) and torch.isfinite(out).all()
+    assert torch.equal(out, ref)
+
+
+def test_sparse_check_is_in_the_plan():
+    assert "sparse" in gc.CHECKS and "sparse" in gc.plan()

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from framecast.config import ConfigError, load_config
 from framecast.models.attention import AttentionCall, AttentionRuntime, BlockCausal, TeacherForcing, sdpa_attention
 from framecast.models.block_sparse import apply_layout, layout_valid, masked_dense_attention, undo_layout
-from framecast.models.grat_attention import GratOptions, grat_attention, grat_plan, supports
+from framecast.models.attention import block_causal_only as supports
+from framecast.models.grat_attention import GratOptions, grat_attention, grat_plan
 
 SMALL = ["model.weights=", "model.num_layers=2", "sampler.steps=2", "sampler.guidance_scale=1"]
 SMALL_GROUPS = {"group_t": 2, "group_h": 4, "group_w": 4}

@@ -338,7 +338,12 @@ def make_attention(cfg: Config):
 
     b = check_backend(cfg.model.attn_backend)
     options = getattr(cfg.attention, b.name, None)
-    assets = resolve(b.load)(options, cfg) if b.load else None
+    try:
+        assets = resolve(b.load)(options, cfg) if b.load else None
+    except ValueError as e:  # a file named in attention.NAME.* that does not fit
+        raise ConfigError(str(e)) from None
+    if isinstance(assets, torch.nn.Module):  # trained parts (SLA's projections): on the model's device, once
+        assets = assets.to(resolve_device(cfg.device), DTYPES[cfg.model.dtype])
     return AttentionRuntime(backend=b.name, options=options, assets=assets, steps=cfg.sampler.steps,
                             dense_steps=cfg.attention.dense_steps, dense_layers=tuple(cfg.attention.dense_layers))
 

@@ -22,9 +22,11 @@ def tune_attention(preset: str, out: str | os.PathLike, *, prompt: str, frames: 
                    steps: Optional[int] = None, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
                    overrides: Sequence[str] = (), overwrite: bool = False) -> dict:
     """Capture, search, write the plan JSON to `out`; return the plan."""
+    import dataclasses
+
     from framecast.config import ConfigError, load_config
     from framecast.engine.engine import Engine
-    from framecast.models.attention import AttentionRuntime
+    from framecast.schedulers.full import denoise_full
     from framecast.models.sparse_vdit_attention import SparseVditPlan, model_fingerprint
     from framecast.models.sparse_vdit_search import ModeMeter, plan_json
 
@@ -39,16 +41,13 @@ def tune_attention(preset: str, out: str | os.PathLike, *, prompt: str, frames: 
     req = engine.request(prompt, frames=frames, seed=seed)
     engine.check_prompt(req)
     meter = ModeMeter(cfg.attention.sparse_vdit)
-    denoise = engine.denoiser(req.prompt, req.negative_prompt)
-    denoise.attention = AttentionRuntime(  # every head dense; the meter sees each call's q/k/v
-        backend="sparse_vdit", options=cfg.attention.sparse_vdit, assets=SparseVditPlan((), "full"),
-        steps=cfg.sampler.steps, dense_steps=cfg.attention.dense_steps,
-        dense_layers=tuple(cfg.attention.dense_layers), state={"capture": meter})
+    denoise = engine.denoiser(req.prompt, req.negative_prompt, cache=None)  # every block runs: all are measured
+    # the configured runtime (steps, dense warm-up, dense layers) running sparse_vdit with every head
+    # full — the trajectory is the dense one — and the meter seeing each call's q/k/v
+    denoise.attention = dataclasses.replace(denoise.attention, backend="sparse_vdit", options=cfg.attention.sparse_vdit,
+                                            assets=SparseVditPlan((), "full"), state={"capture": meter})
     start = time.perf_counter()
-    lat = engine.initial_latents(req).to(engine.device)
-    sampler = engine.make_sampler()
-    for i, t in enumerate(sampler.timesteps):
-        lat = sampler.step(denoise(lat, t, step=i), t, lat)
+    denoise_full(denoise, engine.initial_latents(req).to(engine.device), engine.make_sampler)
     if not meter.errors:
         raise ConfigError("tune-attention measured no self-attention call: every layer or step is dense "
                           "(attention.dense_layers / attention.dense_steps)")

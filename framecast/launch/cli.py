@@ -1,4 +1,4 @@
-"""The `framecast` command line: generate, info, eval, play, train, serve.
+"""The `framecast` command line: generate, info, eval, play, train, serve, tune-attention, calibrate-cache.
 
 Errors in user input print one line (`framecast: error: ...`) and exit 2 without a traceback and
 without touching the output path.
@@ -340,12 +340,6 @@ def cmd_tune_attention(args) -> int:
     return run_tune(args)
 
 
-COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
-            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play), "train": (_add_train, cmd_train),
-            "serve": (_add_serve, cmd_serve)}
-COMMANDS["tune-attention"] = (_add_tune_attention, cmd_tune_attention)
-
-
 def _add_calibrate_cache(sub) -> None:
     from framecast.launch.calibrate_cache import add_calibrate_arguments
 
@@ -358,7 +352,10 @@ def cmd_calibrate_cache(args) -> int:
     return run_calibrate(args)
 
 
-COMMANDS["calibrate-cache"] = (_add_calibrate_cache, cmd_calibrate_cache)
+COMMANDS = {"generate": (_add_generate, cmd_generate), "info": (_add_info, cmd_info),
+            "eval": (_add_eval, cmd_eval), "play": (_add_play, cmd_play), "train": (_add_train, cmd_train),
+            "serve": (_add_serve, cmd_serve), "tune-attention": (_add_tune_attention, cmd_tune_attention),
+            "calibrate-cache": (_add_calibrate_cache, cmd_calibrate_cache)}
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -127,12 +127,12 @@ BACKENDS: dict[str, Backend] = {
         "flash-attn flash_attn_func (CUDA, fp16/bf16, head dim <= 256)",
     ),
     "draft": Backend(
-        "draft", "framecast.models.draft_attention:draft_attention", "framecast.models.draft_attention:supports",
+        "draft", "framecast.models.draft_attention:draft_attention", "framecast.models.attention:block_causal_only",
         "DraftAttention: pooled per-frame draft map, top share of each head's map, region-contiguous token order",
         sparse=True, options="framecast.models.draft_attention:DraftOptions",
     ),
     "grat": Backend(
-        "grat", "framecast.models.grat_attention:grat_attention", "framecast.models.grat_attention:supports",
+        "grat", "framecast.models.grat_attention:grat_attention", "framecast.models.attention:block_causal_only",
         "GRAT: group-contiguous token order, criss-cross (cross) or surrounding-group (surround) block masks",
         sparse=True, options="framecast.models.grat_attention:GratOptions",
     ),
@@ -201,7 +201,22 @@ def _always(q, k, v, mask) -> Optional[str]:
     return None
 
 
-def _per_query_frame(fn, q_BLNH, k_BSNH, v_BSNH, mask: BlockCausal, scale):
+def block_causal_only(q, k, v, mask) -> Optional[str]:
+    """`supports` of the sparse backends that take no mask or a BlockCausal one (run per query frame)."""
+    if isinstance(mask, torch.Tensor):
+        return "dense tensor masks are not supported"
+    if mask is not None and not isinstance(mask, BlockCausal):
+        return f"{type(mask).__name__} masks are not supported"
+    return None
+
+
+def options_of(meta: Optional[AttentionCall], default: type):
+    """A backend's options: the runtime's (config `attention.NAME`), else `default()`."""
+    runtime = None if meta is None else meta.runtime
+    return runtime.options if runtime is not None and runtime.options is not None else default()
+
+
+def per_query_frame(fn, q_BLNH, k_BSNH, v_BSNH, mask: BlockCausal, scale):
     """Block-causal attention without a dense L x S mask: each query frame attends, unmasked, to
     the key range it may see."""
     ft = mask.frame_tokens
@@ -225,7 +240,7 @@ def _teacher_forcing(fn, q_BLNH, k_BSNH, v_BSNH, mask: TeacherForcing, scale):
         raise ValueError(f"TeacherForcing: {total} query / {k_BSNH.shape[1]} key tokens is not 2F frames of "
                          f"frame_tokens={ft} each")
     half = total // 2
-    clean = _per_query_frame(fn, q_BLNH[:, :half], k_BSNH[:, :half], v_BSNH[:, :half], BlockCausal(ft), scale)
+    clean = per_query_frame(fn, q_BLNH[:, :half], k_BSNH[:, :half], v_BSNH[:, :half], BlockCausal(ft), scale)
     outs = [clean]
     for f in range(half // ft):
         own = slice(half + f * ft, half + (f + 1) * ft)
@@ -245,7 +260,7 @@ def _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=None):
 
 def sdpa_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None, meta: Optional[AttentionCall] = None):
     if isinstance(mask, BlockCausal):
-        return _per_query_frame(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+        return per_query_frame(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     if isinstance(mask, TeacherForcing):
         return _teacher_forcing(_sdpa, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     return _sdpa(q_BLNH, k_BSNH, v_BSNH, scale, attn_mask=mask)
@@ -279,7 +294,7 @@ def _flash(q_BLNH, k_BSNH, v_BSNH, scale):
 def flash_attention(q_BLNH, k_BSNH, v_BSNH, *, mask: Mask = None, scale=None,
                     meta: Optional[AttentionCall] = None):
     if isinstance(mask, BlockCausal):
-        return _per_query_frame(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+        return per_query_frame(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     if isinstance(mask, TeacherForcing):
         return _teacher_forcing(_flash, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     if mask is not None:

@@ -40,7 +40,8 @@ def num_blocks(tokens: int, block: int) -> int:
     return -(-tokens // block)
 
 
-def _pad_tokens(x_BTNH: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_tokens(x_BTNH: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero tokens appended up to a multiple of `multiple` tokens."""
     pad = num_blocks(x_BTNH.shape[1], multiple) * multiple - x_BTNH.shape[1]
     return F.pad(x_BTNH, (0, 0, 0, 0, 0, pad)) if pad else x_BTNH
 
@@ -138,7 +139,7 @@ def pooled_block_scores(q_BLNH, k_BSNH, block_q: int, block_k: int, scale: Optio
 def _block_means(x_BTNH: torch.Tensor, block: int) -> torch.Tensor:
     T = x_BTNH.shape[1]
     n = num_blocks(T, block)
-    x = _pad_tokens(x_BTNH.float(), block).view(x_BTNH.shape[0], n, block, *x_BTNH.shape[2:])
+    x = pad_tokens(x_BTNH.float(), block).view(x_BTNH.shape[0], n, block, *x_BTNH.shape[2:])
     counts = torch.full((n,), float(block), device=x.device)
     counts[-1] = T - (n - 1) * block
     return (x.sum(2) / counts[None, :, None, None]).permute(0, 2, 1, 3)  # B N n H
@@ -184,7 +185,7 @@ def _prepare(q_BLNH, k_BSNH, keep_BNQK, block_q, block_k, scale, kv_valid_S):
 def _to_blocks(x_BTNH: torch.Tensor, block: int) -> torch.Tensor:
     """[B, T, N, H] -> contiguous [B*N*blocks, block, H]: one row per (batch, head, block)."""
     B, _, N, H = x_BTNH.shape
-    x = _pad_tokens(x_BTNH, block)
+    x = pad_tokens(x_BTNH, block)
     n = x.shape[1] // block
     return x.view(B, n, block, N, H).permute(0, 3, 1, 2, 4).reshape(B * N * n, block, H)
 
@@ -279,38 +280,66 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+FLEX_TILE = 128  # compiled FlexAttention needs block sizes that are multiples of its kernel tile
+
+
 def flex_block_sparse_attention(q_BLNH: torch.Tensor, k_BSNH: torch.Tensor, v_BSNH: torch.Tensor,
                                 keep_BNQK: torch.Tensor, block_q: int, block_k: int,
                                 scale: Optional[float] = None, kv_valid_S: Optional[torch.Tensor] = None,
                                 compile: Optional[bool] = None) -> torch.Tensor:
     """The GPU path of `block_sparse_attention`: FlexAttention with a BlockMask built from the
-    same table. Kept blocks without padding keys are "full" (no mask_mod on the GPU), kept blocks
-    with padding are "partial"; the mask_mod reads the table itself, so eager flex (which ignores
-    the block lists and evaluates mask_mod everywhere — CPU tests) is exact too. `compile`:
-    default on CUDA only."""
+    same table; the mask_mod reads the table itself, so eager flex (which ignores the block lists
+    and evaluates mask_mod everywhere — CPU tests) is exact too. `compile`: default on CUDA only.
+
+    Block sizes that are multiples of FLEX_TILE map one to one: kept blocks without padding keys
+    are "full" (no mask_mod on the GPU), kept blocks with padding "partial". Other sizes (a 15x8
+    draft region, a 2-row Re-ttention band, 64-token blocks) would fail the compiled kernel's
+    tile check, so the table is coarsened to FLEX_TILE tiles: a tile is visited when any block it
+    overlaps is kept, and the mask_mod masks it exactly to the fine blocks."""
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     (B, L, N, H, S, Q, K), scale, keep, ok_Kk = _prepare(q_BLNH, k_BSNH, keep_BNQK, block_q, block_k,
                                                         scale, kv_valid_S)
-    partial = keep & ~ok_Kk.all(-1)
-    full = keep & ~partial
+    keep = keep.expand(B, N, Q, K)
     valid_S = ok_Kk.reshape(-1)
 
     def lists(table_BNQK):
         counts = table_BNQK.sum(-1, dtype=torch.int32)
         return counts, torch.sort(table_BNQK.to(torch.int8), dim=-1, descending=True, stable=True).indices.int()
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        return keep[b, h, q_idx // block_q, kv_idx // block_k] & valid_S[kv_idx]
+    if block_q % FLEX_TILE == 0 and block_k % FLEX_TILE == 0:
+        partial = keep & ~ok_Kk.all(-1)
+        (pn, pi), (fn, fi) = lists(partial), lists(keep & ~partial)
+        Lp, Sp, tile = Q * block_q, K * block_k, (block_q, block_k)
 
-    (pn, pi), (fn, fi) = lists(partial), lists(full)
-    block_mask = BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=(block_q, block_k), mask_mod=mask_mod,
-                                          seq_lengths=(Q * block_q, K * block_k))
+        def mask_mod(b, h, q_idx, kv_idx):
+            return keep[b, h, q_idx // block_q, kv_idx // block_k] & valid_S[kv_idx]
+    else:
+        Lp, Sp = (num_blocks(n, FLEX_TILE) * FLEX_TILE for n in (Q * block_q, K * block_k))
+        valid_S = F.pad(valid_S, (0, Sp - valid_S.numel()))  # keys past the fine blocks: padding
+        coarse = _coarsen(_coarsen(keep.float(), block_q, Lp, dim=2), block_k, Sp, dim=3) > 0
+        (pn, pi), fn, fi, tile = lists(coarse), None, None, (FLEX_TILE, FLEX_TILE)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qb = torch.clamp(q_idx // block_q, max=Q - 1)   # padded queries: any row (dropped)
+            kb = torch.clamp(kv_idx // block_k, max=K - 1)  # padded keys: masked by valid_S
+            return keep[b, h, qb, kb] & valid_S[kv_idx]
+
+    block_mask = BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=tile, mask_mod=mask_mod, seq_lengths=(Lp, Sp))
     attend = _compiled_flex() if (q_BLNH.is_cuda if compile is None else compile) else flex_attention
-    q, k, v = (_pad_tokens(x, b).transpose(1, 2) for x, b in
-               ((q_BLNH, block_q), (k_BSNH, block_k), (v_BSNH, block_k)))
+    q, k, v = (pad_tokens(x, n).transpose(1, 2) for x, n in ((q_BLNH, Lp), (k_BSNH, Sp), (v_BSNH, Sp)))
     with warnings.catch_warnings():
         # eager flex warns that it materialises the scores: intended where it runs (CPU tests)
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         o_BNLH = attend(q, k, v, block_mask=block_mask, scale=scale)
     return o_BNLH.transpose(1, 2)[:, :L]
+
+
+def _coarsen(table: torch.Tensor, block: int, padded: int, dim: int) -> torch.Tensor:
+    """Sum a block table along `dim` onto FLEX_TILE tiles: tile t gets every fine block that
+    overlaps tokens [t * FLEX_TILE, (t + 1) * FLEX_TILE) (an overlap matrix product)."""
+    fine = table.shape[dim]
+    start = torch.arange(fine, device=table.device) * block                 # first token of each fine block
+    tiles = torch.arange(padded // FLEX_TILE, device=table.device) * FLEX_TILE
+    overlap_TF = ((start[None] < tiles[:, None] + FLEX_TILE) & (start[None] + block > tiles[:, None])).to(table.dtype)
+    return torch.movedim(torch.tensordot(overlap_TF, torch.movedim(table, dim, 0), dims=1), 0, dim)

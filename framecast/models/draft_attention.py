@@ -29,7 +29,7 @@ from typing import ClassVar, Optional
 import numpy as np
 import torch
 
-from framecast.models.attention import AttentionCall, BlockCausal, _per_query_frame
+from framecast.models.attention import AttentionCall, BlockCausal, options_of, per_query_frame
 from framecast.models.block_sparse import block_sparse_attention, layout_valid, tile_layout
 
 
@@ -75,25 +75,12 @@ def pool_size(grid_hw: tuple[int, int], options: DraftOptions) -> tuple[int, int
     return best
 
 
-def _options(meta: Optional[AttentionCall]) -> DraftOptions:
-    runtime = None if meta is None else meta.runtime
-    return runtime.options if runtime is not None and runtime.options is not None else DraftOptions()
-
-
-def supports(q, k, v, mask) -> Optional[str]:
-    if isinstance(mask, torch.Tensor):
-        return "dense tensor masks are not supported"
-    if mask is not None and not isinstance(mask, BlockCausal):
-        return f"{type(mask).__name__} masks are not supported"
-    return None
-
-
 def draft_attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, meta: Optional[AttentionCall] = None):
     if meta is None:
         raise ValueError("draft attention needs the call's token grid (meta)")
-    options, (_, h, w) = _options(meta), meta.grid
+    options, (_, h, w) = options_of(meta, DraftOptions), meta.grid
     if isinstance(mask, BlockCausal):
-        return _per_query_frame(lambda q, k, v, s: draft_frames(q, k, v, s, (h, w), options),
+        return per_query_frame(lambda q, k, v, s: draft_frames(q, k, v, s, (h, w), options),
                                 q_BLNH, k_BSNH, v_BSNH, mask, scale)
     return draft_frames(q_BLNH, k_BSNH, v_BSNH, scale, (h, w), options)
 

@@ -28,7 +28,7 @@ from typing import ClassVar, Optional
 
 import torch
 
-from framecast.models.attention import AttentionCall, BlockCausal, _per_query_frame
+from framecast.models.attention import AttentionCall, BlockCausal, options_of, per_query_frame
 from framecast.models.block_sparse import (apply_layout, block_sparse_attention, layout_valid, num_blocks,
                                            tile_layout, undo_layout)
 
@@ -46,27 +46,14 @@ class GratOptions:
     CHOICES: ClassVar[dict] = {"mode": ("cross", "surround")}
 
 
-def _options(meta: Optional[AttentionCall]) -> GratOptions:
-    runtime = None if meta is None else meta.runtime
-    return runtime.options if runtime is not None and runtime.options is not None else GratOptions()
-
-
-def supports(q, k, v, mask) -> Optional[str]:
-    if isinstance(mask, torch.Tensor):
-        return "dense tensor masks are not supported"
-    if mask is not None and not isinstance(mask, BlockCausal):
-        return f"{type(mask).__name__} masks are not supported"
-    return None
-
-
 def grat_attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, meta: Optional[AttentionCall] = None):
     if meta is None:
         raise ValueError("grat attention needs the call's token grid (meta)")
-    options, (_, h, w) = _options(meta), meta.grid
+    options, (_, h, w) = options_of(meta, GratOptions), meta.grid
     if isinstance(mask, BlockCausal):
         def one_frame(q, k, v, s):
             return grat_frames(q, k, v, s, (h, w), options, q_frame0=k.shape[1] // (h * w) - 1)
-        return _per_query_frame(one_frame, q_BLNH, k_BSNH, v_BSNH, mask, scale)
+        return per_query_frame(one_frame, q_BLNH, k_BSNH, v_BSNH, mask, scale)
     return grat_frames(q_BLNH, k_BSNH, v_BSNH, scale, (h, w), options)
 
 

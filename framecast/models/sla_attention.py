@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framecast.models.block_sparse import block_sparse_attention, num_blocks, pooled_block_scores, token_mask
+from framecast.models.block_sparse import block_sparse_attention, num_blocks, pad_tokens, pooled_block_scores, token_mask
 
 PHI = ("softmax", "elu1", "relu")
 
@@ -102,10 +102,9 @@ def weights_path(source: str) -> Path:
     return path
 
 
-def _error(source: str, why: str):
-    from framecast.config import ConfigError
-
-    return ConfigError(f"attention.sla.weights={source!r}: {why}")
+def _error(source: str, why: str) -> ValueError:
+    # a ValueError: `make_attention` reports it as the config error it is (models never import config)
+    return ValueError(f"attention.sla.weights={source!r}: {why}")
 
 
 def load(options: SlaOptions, cfg) -> Optional[nn.ModuleList]:
@@ -150,12 +149,6 @@ def classify_blocks(pc_BNQK: torch.Tensor, critical: float, negligible: float) -
     return rank_BNQK < n_crit, (rank_BNQK >= n_crit) & (rank_BNQK < K - n_neg)
 
 
-def _pad_tokens(x_BTNH: torch.Tensor, block: int) -> torch.Tensor:
-    """Zero tokens appended up to a whole number of blocks."""
-    pad = num_blocks(x_BTNH.shape[1], block) * block - x_BTNH.shape[1]
-    return F.pad(x_BTNH, (0, 0, 0, 0, 0, pad)) if pad else x_BTNH
-
-
 def feature_map(x: torch.Tensor, phi: str) -> torch.Tensor:
     if phi == "softmax":
         return torch.softmax(x, dim=-1)
@@ -173,8 +166,8 @@ def linear_attention(q_BLNH, k_BSNH, v_BSNH, keys_BNQK: Optional[torch.Tensor], 
     S = k_BSNH.shape[1]
     Q, K = num_blocks(L, block_q), num_blocks(S, block_k)
     fk_BSNH = feature_map(k_BSNH.float(), phi)
-    fk_BKbNH = _pad_tokens(fk_BSNH, block_k).view(B, K, block_k, N, H)  # padded keys are zero rows
-    v_BKbNH = _pad_tokens(v_BSNH.float(), block_k).view(B, K, block_k, N, H)
+    fk_BKbNH = pad_tokens(fk_BSNH, block_k).view(B, K, block_k, N, H)  # padded keys are zero rows
+    v_BKbNH = pad_tokens(v_BSNH.float(), block_k).view(B, K, block_k, N, H)
     kv_BNKXY = torch.einsum("bkjnx,bkjny->bnkxy", fk_BKbNH, v_BKbNH)
     z_BNKX = fk_BKbNH.sum(2).permute(0, 2, 1, 3)
     if keys_BNQK is None:
@@ -184,7 +177,7 @@ def linear_attention(q_BLNH, k_BSNH, v_BSNH, keys_BNQK: Optional[torch.Tensor], 
         w_BNQK = keys_BNQK.expand(B, N, Q, K).float()
         kv_BNQXY = torch.einsum("bnqk,bnkxy->bnqxy", w_BNQK, kv_BNKXY)
         z_BNQX = torch.einsum("bnqk,bnkx->bnqx", w_BNQK, z_BNKX)
-    fq_BNQbH = _pad_tokens(feature_map(q_BLNH.float(), phi), block_q).view(B, Q, block_q, N, H).permute(0, 3, 1, 2, 4)
+    fq_BNQbH = pad_tokens(feature_map(q_BLNH.float(), phi), block_q).view(B, Q, block_q, N, H).permute(0, 3, 1, 2, 4)
     num_BNQbY = torch.einsum("bnqix,bnqxy->bnqiy", fq_BNQbH, kv_BNQXY)
     den_BNQb = torch.einsum("bnqix,bnqx->bnqi", fq_BNQbH, z_BNQX)
     # an empty row has den 0 (and num 0): give 0, never nan (0 · Proj would keep a nan)

@@ -234,22 +234,20 @@ def model_fingerprint(cfg) -> dict:
 def load_plan(options: SparseVditOptions, cfg) -> SparseVditPlan:
     """The Backend's `load` hook: the plan file of `options.plan`, checked against the model and
     the options' geometry (a mismatch is refused in one line naming the file and what differs)."""
-    from framecast.config import ConfigError  # config imports the registry, which imports this module
-
     if not options.plan:
         warnings.warn(f"attention.sparse_vdit.plan is empty: every head runs {options.default_mode!r}; "
                       f"tune a plan with `framecast tune-attention`", RuntimeWarning, stacklevel=2)
         return SparseVditPlan((), options.default_mode)
     path = plan_path(options.plan)
     if not path.is_file():
-        raise ConfigError(f"attention.sparse_vdit.plan={options.plan!r}: no such file {str(path)!r}")
+        raise ValueError(f"attention.sparse_vdit.plan={options.plan!r}: no such file {str(path)!r}")
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeError) as e:
-        raise ConfigError(f"attention.sparse_vdit.plan: {str(path)!r} is not JSON ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"attention.sparse_vdit.plan: {str(path)!r} is not JSON ({str(e).splitlines()[0]})") from None
     problem = plan_problem(data, model_fingerprint(cfg), options)
     if problem:
-        raise ConfigError(f"attention.sparse_vdit.plan: {str(path)!r} {problem}")
+        raise ValueError(f"attention.sparse_vdit.plan: {str(path)!r} {problem}")
     return SparseVditPlan(tuple(tuple(layer) for layer in data["modes"]), options.default_mode, str(path))
 
 
