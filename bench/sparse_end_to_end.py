@@ -1,7 +1,7 @@
 """End-to-end cost and quality of the sparse attention backends (issue 28.4).
 
     python bench/sparse_end_to_end.py [--backends sdpa draft grat sparse_vdit rettention sla]
-                                      [--frames 256] [--steps 10] [--wan-tokens 16380] [--skip-tiny|--skip-wan]
+                                      [--frames 256] [--steps 10] [--wan-tokens 17160] [--skip-tiny|--skip-wan]
 
 Two rows per backend:
 - tiny: the `tiny` preset, full schedule (one pass, `schedule.full.lead_frames=0`), FRAMES frames
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--wan-tokens", type=int, default=16380, help="Wan-shaped tokens (multiples of 30 x 52)")
+    ap.add_argument("--wan-tokens", type=int, default=17160, help="Wan-shaped tokens (whole frames of 30 x 52: 11 frames)")
     ap.add_argument("--repeats", type=int, default=3, help="Wan-shaped forwards per backend (median)")
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-wan", action="store_true")
