@@ -4,9 +4,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
+from video_activations import video_qkv
 from framecast.config import ConfigError, load_config
 from framecast.models.attention import AttentionCall, AttentionRuntime, BlockCausal, TeacherForcing, sdpa_attention
 from framecast.models.block_sparse import apply_layout, layout_valid, masked_dense_attention, undo_layout
@@ -15,25 +14,6 @@ from framecast.models.grat_attention import GratOptions, grat_attention, grat_pl
 
 SMALL = ["model.weights=", "model.num_layers=2", "sampler.steps=2", "sampler.guidance_scale=1"]
 SMALL_GROUPS = {"group_t": 2, "group_h": 4, "group_w": 4}
-
-
-def video_qkv(grid, S_frames=None, N=2, H=32, seed=0, sharp=2.0):
-    """Video-like activations (a copy of test_draft_attention's): q and k share a smooth random
-    field, so attention is mostly local; v is another smooth field; plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    f, h, w = grid
-    fk = f if S_frames is None else S_frames
-
-    def field(frames):
-        low = torch.randn(1, N * H, frames, max(1, h // 4), max(1, w // 4), generator=g)
-        up = F.interpolate(low, size=(frames, h, w), mode="trilinear", align_corners=False)
-        return up.permute(0, 2, 3, 4, 1).reshape(1, frames * h * w, N, H)
-
-    base = field(fk)
-    q = sharp * base[:, :f * h * w] + 0.5 * torch.randn(1, f * h * w, N, H, generator=g)
-    k = sharp * base + 0.5 * torch.randn(base.shape, generator=g)
-    v = field(fk) + 0.5 * torch.randn(base.shape, generator=g)
-    return q, k, v
 
 
 def meta(grid, options):
