@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framecast.models.registry import FAMILIES
+from framecast.models.vin import VinConfig
 
 
 class ConfigError(ValueError):
@@ -81,7 +82,7 @@ def _schedule_config() -> type:
 
     sections = [(name, schedule_class(name).Options) for name in SCHEDULES]
     cls = make_dataclass("ScheduleConfig", [
-        ("name", str, field(default="full")),  # registry name: full | rollout | dualparal | nfd (see README)
+        ("name", str, field(default="full")),  # registry name: full | rollout | dualparal | nfd | vin (see README)
         *[(name, opts, field(default_factory=opts)) for name, opts in sections]])
     cls.__module__ = __name__  # pickled configs (torchrun, Ray) find the class here
     return cls
@@ -155,6 +156,7 @@ class Config:
     attention: AttentionConfig = field(default_factory=AttentionConfig)  # sparse-backend options (model.attn_backend)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # training-free feature cache (cache.kind; docs/caches.md)
+    vin: VinConfig = field(default_factory=VinConfig)  # the learned VIN interface module (schedule.name=vin; docs/vin.md)
 
 
 # key -> allowed values, for string fields with a closed set
@@ -297,6 +299,7 @@ def validate(cfg: Config) -> None:
     _validate_schedules(cfg)
     _validate_attention(cfg)
     _validate_cache(cfg)
+    _check_section("vin", cfg.vin)
     if cfg.parallel.layer_split:
         split = list(cfg.parallel.layer_split)
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:

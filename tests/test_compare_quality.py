@@ -1,4 +1,4 @@
-"""bench/research/compare_quality.py: pairing quality.py videos by schedule, length, prompt and seed."""
+"""bench/compare_quality.py: pairing quality.py videos by schedule, length, prompt and seed."""
 import importlib.util
 import json
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "research" / "compare_quality.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "compare_quality.py"
 
 
 @pytest.fixture(scope="module")

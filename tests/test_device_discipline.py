@@ -113,3 +113,29 @@ def test_nfd_keeps_devices_apart(gpu, tmp_path):
     engine.generate("", frames=6, actions=actions, out=f"{tmp_path}/v/")
     # one frame's noise per generated frame, one context noise per committed frame, the start frame
     assert len(gpu.h2d) <= 2 * len(actions) + 1, gpu.h2d
+
+
+@pytest.mark.parametrize("interface", ["pooled", "learned"])
+def test_vin_keeps_devices_apart(gpu, tmp_path, interface):
+    """VIN on one worker (its keyframes, interface module, fusion and final cross-fade on the device):
+    nothing mixes, and each chunk's window of noise moves once; nothing per step."""
+    from framecast import Engine
+
+    overrides = ["device=cuda", "schedule.name=vin", "schedule.vin.chunk_frames=4", "schedule.vin.overlap_frames=2",
+                 f"schedule.vin.interface={interface}", "sampler.steps=3", "sampler.name=unipc",
+                 "sampler.guidance_scale=3.0"]
+    if interface == "learned":
+        from framecast.config import load_config
+        from framecast.world.train import save_weights
+        from framecast.world.vin_training import build_vin_nets
+
+        save_weights(build_vin_nets(load_config("tiny-vin"), "builtin:tiny", seed=0), tmp_path / "w.safetensors")
+        overrides.append(f"model.weights={tmp_path / 'w.safetensors'}")
+    with Engine.from_preset("tiny-vin" if interface == "learned" else "tiny", overrides) as engine:
+        engine.generate(PROMPT, frames=10, seed=1, out=f"{tmp_path}/warm/")
+        gpu.h2d.clear()
+        engine.generate(PROMPT, frames=10, seed=1, out=f"{tmp_path}/v/")
+    windows = [(1, 3, 4, 32, 32), (1, 3, 6, 32, 32), (1, 3, 4, 32, 32)]  # [0,4), [2,8), [6,10)
+    moved = [s for s, _ in gpu.h2d]
+    assert [s for s in moved if len(s) == 5] == windows, gpu.h2d
+    assert len(moved) <= len(windows) + 4, gpu.h2d  # plus a few request constants (text, weights), no per-step copies

@@ -63,20 +63,15 @@ def test_torchrun_matches_local(reference, tmp_path, extra):
     assert diff <= 1e-5
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A two-node Ray cluster on loopback (head + one added node), each node one CPU and a custom
-    resource so SPREAD puts one worker on each node."""
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": False})
-    cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+def test_frame_timesteps_torchrun_matches_local(reference, tmp_path):
+    """schedule.dualparal.timesteps=frame (each window frame at its own level): W=2 equals W=1, and
+    the option changes the video (the context is embedded one step cleaner than the block)."""
+    frame = "schedule.dualparal.timesteps=frame"
+    generate(tmp_path, "w1", "--launcher", "local", frame)
+    generate(tmp_path, "w2", "--launcher", "torchrun", "--workers", "2", frame)
+    w1 = latents(tmp_path, "w1")
+    assert (latents(tmp_path, "w2") - w1).abs().max().item() <= 1e-5
+    assert (w1 - latents(reference, "w1")).abs().max().item() > 1e-3
 
 
 def test_ray_two_nodes_match_local(reference, tmp_path, ray_cluster):

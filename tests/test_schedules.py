@@ -19,7 +19,7 @@ def test_registry_names_resolve_to_schedules_with_their_own_options():
         cls = schedule_class(name)
         assert issubclass(cls, Schedule) and cls.name == name
         assert hasattr(cls.Options, "__dataclass_fields__")
-    with pytest.raises(ValueError, match="unknown schedule 'fifo'; valid: full, rollout, dualparal, nfd"):
+    with pytest.raises(ValueError, match="unknown schedule 'fifo'; valid: full, rollout, dualparal, nfd, vin"):
         schedule_class("fifo")
 
 
@@ -82,7 +82,7 @@ def recorded_attention(q_BLNH, k_BSNH, v_BSNH, *, mask=None, scale=None, meta=No
     return sdpa_attention(q_BLNH, k_BSNH, v_BSNH, mask=mask, scale=scale, meta=meta)
 
 
-@pytest.mark.parametrize("schedule", ["full", "rollout", "dualparal", "nfd"])
+@pytest.mark.parametrize("schedule", ["full", "rollout", "dualparal", "nfd", "vin"])
 def test_every_schedule_streams_through_the_configured_attention_backend(schedule, monkeypatch):
     """model.attn_backend reaches attention in every schedule: a recording backend sees self- and
     cross-attention calls of every layer, with the token grid, and the video is unchanged."""
@@ -101,7 +101,8 @@ def test_every_schedule_streams_through_the_configured_attention_backend(schedul
                                                               "recording_backend:ok", "test"))
     preset = "tiny-play" if schedule == "nfd" else "tiny"
     overrides = SMALL + [f"schedule.name={schedule}", "schedule.dualparal.block_frames=2",
-                         "schedule.dualparal.context_frames=1", "schedule.nfd.first_frame=generate"]
+                         "schedule.dualparal.context_frames=1", "schedule.nfd.first_frame=generate",
+                         "schedule.vin.chunk_frames=2", "schedule.vin.overlap_frames=1"]
     prompt = "" if schedule == "nfd" else "a red circle moving right"
     with Engine.from_preset(preset, overrides + ["model.attn_backend=record"]) as engine:
         recorded = np.stack(list(engine.stream(prompt, frames=5, seed=3)))
@@ -137,7 +138,7 @@ def test_nfd_latents_out_equals_the_streamed_frames(tmp_path):
     np.testing.assert_array_equal(read_video(tmp_path / "v"), streamed)
 
 
-@pytest.mark.parametrize("schedule", ["full", "rollout", "dualparal", "nfd"])
+@pytest.mark.parametrize("schedule", ["full", "rollout", "dualparal", "nfd", "vin"])
 def test_a_set_cancel_event_stops_the_schedule_between_steps(schedule):
     """Engine.stream(cancel=event): once the event is set the schedule stops at its next step
     (DualParal: its next worker call) and raises Cancelled; the engine stays usable."""
@@ -149,7 +150,8 @@ def test_a_set_cancel_event_stops_the_schedule_between_steps(schedule):
     preset = "tiny-play" if schedule == "nfd" else "tiny"
     prompt = "" if schedule == "nfd" else "a red circle moving right"
     overrides = SMALL + [f"schedule.name={schedule}", "schedule.nfd.first_frame=generate",
-                         "schedule.dualparal.block_frames=2", "schedule.dualparal.context_frames=1"]
+                         "schedule.dualparal.block_frames=2", "schedule.dualparal.context_frames=1",
+                         "schedule.vin.chunk_frames=2", "schedule.vin.overlap_frames=1"]
     with Engine.from_preset(preset, overrides) as engine:
         calls = []
         engine.model.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))

@@ -187,6 +187,39 @@ def build_model(cfg: Config, checkpoint: str | Path | None = None, layers: range
     return model.to(device).eval()
 
 
+def interface_weights(cfg: Config, checkpoint: str | Path | None = None) -> dict:
+    """The learned VIN interface module's tensors (`vin.*` keys of model.weights, prefix dropped);
+    a one-line ConfigError when there are none (a Wan checkpoint folder never has them)."""
+    from safetensors import safe_open
+
+    fix = "use schedule.vin.interface=pooled (training-free) or weights with a VIN module (--preset tiny-vin)"
+    if checkpoint is not None or not cfg.model.weights:
+        raise ConfigError(f"schedule.vin.interface=learned needs a VIN module in model.weights, and "
+                          f"{'a checkpoint folder' if checkpoint is not None else 'random weights'} have none; {fix}")
+    path, what = configured_weights_path(cfg)
+    with safe_open(str(path), framework="pt") as f:
+        state = {k[len("vin."):]: f.get_tensor(k) for k in f.keys() if k.startswith("vin.")}
+    if not state:
+        raise ConfigError(f"schedule.vin.interface=learned: {what} have no VIN module (no vin.* tensors); {fix}")
+    return state
+
+
+def build_interface(cfg: Config, checkpoint: str | Path | None = None, state: dict | None = None):
+    """The learned VIN interface module (models/vin.py) on cfg.device in cfg.model.dtype (eval mode),
+    shaped by cfg.vin and loaded from `state` (default: `interface_weights`)."""
+    from framecast.models.vin import VinInterface
+
+    state = interface_weights(cfg, checkpoint) if state is None else state
+    with torch.device("meta"):
+        module = VinInterface.for_model(cfg.model, cfg.vin)
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"model.weights={cfg.model.weights!r}: the VIN module does not match vin.* "
+                              f"({str(e).splitlines()[0]})") from None
+    return module.to(resolve_device(cfg.device), DTYPES[cfg.model.dtype]).eval()
+
+
 def build_text(cfg: Config, checkpoint: str | Path | None = None, dtype: torch.dtype | None = None):
     """The text encoder: `.encode(list[str]) -> [B, S, text_dim]`. `dtype`: the UMT5 encoder's
     dtype (None: fp32; diffusers' WanPipeline runs it in the pipeline dtype). The built-in world

@@ -80,6 +80,12 @@ class Engine:
         from framecast.engine.components import make_attention
         return self._part("attention", lambda cfg, ckpt: make_attention(cfg))
 
+    def interface_weights(self) -> dict:
+        """The learned VIN interface module's weights (the `vin.*` tensors of model.weights), read
+        once; a one-line ConfigError when the weights have none (models/vin.py)."""
+        from framecast.engine.components import interface_weights
+        return self._part("interface_weights", interface_weights)
+
     def make_sampler(self):
         from framecast.engine.components import sampler_factory
         return self._part("sampler", lambda cfg, ckpt: sampler_factory(cfg))()
@@ -220,8 +226,10 @@ class Engine:
         return make_cache(self.cfg, self.cache_calibration())
 
     def initial_latents(self, req: Request) -> torch.Tensor:
-        shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)
-        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
+        from framecast.parallel.noise import video_noise
+
+        return video_noise(req.seed, (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height,
+                                      req.latent_width))
 
     # --------------------------------------------------------------------------------- generate
     def generate(self, prompt, *, out: str | os.PathLike, frames: Optional[int] = None,

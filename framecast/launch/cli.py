@@ -36,13 +36,18 @@ def _add_generate(sub) -> None:
     p.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
                    help="full: whole clip at one noise level; dualparal: staggered frame blocks; "
                         "nfd: frame by frame on a KV cache (action models: see `framecast play`); "
-                        "rollout: chunk after chunk, each from the finished frames before it")
-    p.add_argument("--workers", type=int, default=None, help="DualParal pipeline stages W (layer shards)")
+                        "rollout: chunk after chunk, each from the finished frames before it; "
+                        "vin: overlapping chunks in parallel, tied by global interface tokens (docs/vin.md)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers W: DualParal pipeline stages (layer shards) or VIN chunk groups")
     p.add_argument("--launcher", choices=("local", "torchrun", "ray"), default=None,
-                   help="how DualParal workers run (local needs --workers 1)")
+                   help="how DualParal / VIN workers run (local needs --workers 1)")
     p.add_argument("--block-frames", type=int, default=None, help="DualParal N: latent frames per block")
     p.add_argument("--context-frames", type=int, default=None,
                    help="DualParal C: latent frames of left context from the older neighbour (<= N)")
+    p.add_argument("--chunk-frames", type=int, default=None, help="VIN F_chunk: latent frames each chunk owns")
+    p.add_argument("--overlap-frames", type=int, default=None,
+                   help="VIN F_local: latent frames of the previous chunk each chunk also denoises (< F_chunk)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps T (sampler.steps)")
     p.add_argument("--ray-address", default=None, help="join a running Ray cluster ('auto') instead of "
                    "starting a local one")
@@ -59,6 +64,7 @@ def generate_overrides(args) -> list[str]:
     flags = {"schedule.name": args.schedule, "parallel.workers": args.workers,
              "parallel.launcher": args.launcher, "schedule.dualparal.block_frames": args.block_frames,
              "schedule.dualparal.context_frames": args.context_frames, "sampler.steps": args.steps,
+             "schedule.vin.chunk_frames": args.chunk_frames, "schedule.vin.overlap_frames": args.overlap_frames,
              "parallel.ray_address": args.ray_address}
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
@@ -268,6 +274,8 @@ def cmd_info(args) -> int:
         print(f"attention backend {name}: {'available' if status == 'yes' else 'unavailable: ' + status}")
     from framecast.models.caches import KINDS
     print(f"feature caches (cache.kind): {', '.join(KINDS)}")
+    from framecast.schedulers.registry import SCHEDULES
+    print(f"schedules (schedule.name): {', '.join(SCHEDULES)}")
     ray = importlib.util.find_spec("ray")
     if ray is None:
         print("ray: not installed (pip install 'framecast[ray]')")
@@ -312,6 +320,9 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.vin:  # the VIN recipe (world/vin_training.py builds on world/train.py, so it is picked here)
+        from framecast.world.vin_training import run_vin_train
+        return run_vin_train(args)
     from framecast.world.train import run_train
     return run_train(args)
 

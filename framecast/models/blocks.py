@@ -11,7 +11,8 @@ The model contract it relies on (ARCHITECTURE.md "Contracts"):
     place(ctx, query_frames, key_frames) -> ctx   positions of queries and of all keys, including
                                                    keys a kv_hook adds from outside (caches, windows)
 and `ctx` carries the fields set from outside: `kv_hook`, `mask`, `attention` (the
-`AttentionRuntime`), `step`, `block`, plus the token grid `grid` = (F', H', W') it reads.
+`AttentionRuntime`), `step`, `block`, `interface` (VIN's global tokens, read as extra keys and values:
+framecast/models/vin.py), plus the token grid `grid` = (F', H', W') it reads.
 
 A feature cache (`cache`) wraps the loop over the blocks: it is given the blocks to run and decides,
 per block, to compute, reuse or forecast (framecast/models/caches*).

@@ -9,7 +9,8 @@ The loop itself is `framecast.models.blocks.run_model` (the one block loop); `fo
 Timesteps may be per latent frame (`t_BF`), so frames at different noise levels share one pass;
 the per-frame modulation is broadcast over each frame's tokens, never materialised per token.
 Caches, windows and parallelism come from outside through `ctx` (`kv_hook`, `mask`, and key
-positions set by `place`).
+positions set by `place`); so do VIN's global interface tokens (`ctx.interface`, models/vin.py),
+which the layers it names attend to as extra keys and values, without rotary positions.
 Spec: shared/methods/model-zoo.md §1.
 
 Shape legend: B batch, C latent channels, F latent frames (F' after temporal patching),
@@ -53,6 +54,7 @@ class WanContext:
     attention: Optional[AttentionRuntime] = None  # backend, options, per-request state (None: sdpa)
     step: Optional[int] = None        # sampler step index, for the attention backend's metadata
     block: int = 0                    # frame block of this pass, for backend state and feature caches
+    interface: Any = None             # VIN interface tokens (models/vin.py InterfaceTokens): extra K/V, or None
 
 
 class MLP(nn.Module):
@@ -100,9 +102,13 @@ class WanAttention(nn.Module):
         # plain unflatten/flatten, not einops: these run four times per attention layer, where einops'
         # per-call parsing shows in a tiny model's forward (the once-per-pass patterns use einops)
         q_BLNH = self.norm_q(self.to_q(x_BLD)).unflatten(2, (self.heads, -1))
+        return (q_BLNH, *self.kv(src_BSD))
+
+    def kv(self, src_BSD: torch.Tensor):
+        """-> k_BSNH, v_BSNH of `src` (keys normed before the head split)."""
         k_BSNH = self.norm_k(self.to_k(src_BSD)).unflatten(2, (self.heads, -1))
         v_BSNH = self.to_v(src_BSD).unflatten(2, (self.heads, -1))
-        return q_BLNH, k_BSNH, v_BSNH
+        return k_BSNH, v_BSNH
 
     def out(self, o_BLNH: torch.Tensor) -> torch.Tensor:
         return self.to_out[0](o_BLNH.flatten(2))
@@ -120,13 +126,18 @@ class WanBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def self_attention(self, x_BLD: torch.Tensor, ctx: WanContext) -> torch.Tensor:
+    def self_attention(self, x_BLD: torch.Tensor, ctx: WanContext,
+                       z_BSD: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z_BSD: VIN interface tokens (already modulated), appended as keys and values only."""
         q_BLNH, k_BSNH, v_BSNH = self.attn1.qkv(x_BLD, x_BLD)
         if ctx.kv_hook is not None:
             # before RoPE: cached keys stay un-rotated and take positions from ctx.rope_k
             k_BSNH, v_BSNH = ctx.kv_hook.extend(self.layer_id, k_BSNH, v_BSNH)
         q_BLNH = apply_rope(q_BLNH, *ctx.rope_q)
         k_BSNH = apply_rope(k_BSNH, *ctx.rope_k)
+        if z_BSD is not None:  # global tokens have no place in the video: no rotation (docs/vin.md)
+            kz_BSNH, vz_BSNH = self.attn1.kv(z_BSD)
+            k_BSNH, v_BSNH = torch.cat([k_BSNH, kz_BSNH], dim=1), torch.cat([v_BSNH, vz_BSNH], dim=1)
         o_BLNH = attention(q_BLNH, k_BSNH, v_BSNH, mask=ctx.mask, **self._call(ctx, "self"))
         return self.attn1.out(o_BLNH)
 
@@ -152,7 +163,10 @@ class WanBlock(nn.Module):
             return y_BLD.unflatten(1, (f, -1))
 
         x_n = (frames(self.norm1(x_BLD.float())) * (1 + scale) + shift).flatten(1, 2).to(dtype)
-        a_BLD = self.self_attention(x_n, ctx)
+        z_BSD = None if ctx.interface is None else ctx.interface.tokens(self.layer_id)
+        if z_BSD is not None:  # VIN tokens: the norm and modulation of the pass's first frame (one level per chunk)
+            z_BSD = (self.norm1(z_BSD.float()) * (1 + scale[:, 0]) + shift[:, 0]).to(dtype)
+        a_BLD = self.self_attention(x_n, ctx, z_BSD)
         x_BLD = (frames(x_BLD.float()) + frames(a_BLD) * gate).flatten(1, 2).to(dtype)
 
         x_BLD = x_BLD + self.cross_attention(self.norm2(x_BLD.float()).to(dtype), ctx)

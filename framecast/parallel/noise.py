@@ -1,4 +1,5 @@
-"""Coordinated noise for DualParal blocks (spec: shared/methods/dualparal.md §2.6).
+"""Initial noise: the whole video's (`video_noise`) and coordinated noise for DualParal blocks
+(spec: shared/methods/dualparal.md §2.6).
 
 One pool of N + C Gaussian base frames is drawn once from `torch.Generator("cpu").manual_seed(seed)`.
 Every block's initial noise is a selection of pool frames:
@@ -24,6 +25,14 @@ from __future__ import annotations
 import hashlib
 
 import torch
+
+
+def video_noise(seed: int, shape_1CFHW: tuple) -> torch.Tensor:
+    """The whole video's initial noise, float32 on the CPU: `torch.randn(shape, generator=
+    torch.Generator("cpu").manual_seed(seed))`, exactly diffusers' WanPipeline latents (the full,
+    rollout and vin schedules; a VIN worker slices its chunks' frames out of it, so it does not
+    depend on the worker count)."""
+    return torch.randn(tuple(shape_1CFHW), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
 def block_seed(seed: int, k: int) -> int:

@@ -128,9 +128,14 @@ class DualParalWorker:
         else:
             x = torch.zeros((batch, *self.frame_shape[:1], c + n, *self.frame_shape[1:]),
                             device=self.device, dtype=self.dtype)
+        t = self.timesteps_dev[item.step]
+        if self.cfg.schedule.dualparal.timesteps == "frame" and c:
+            # each frame at its own level: the context was read after step + 1 updates (finished: 0)
+            after = item.step + 1
+            t_ctx = self.timesteps_dev[after] if after < len(self.timesteps_dev) else torch.zeros_like(t)
+            return x, torch.cat([t_ctx.expand(c), t.expand(n)])[None].expand(batch, -1)
         # the whole window at the block's own level (DualParal §2.4): one timestep per CFG branch, the
         # model's [B] path — the full schedule's call, and one embedding row instead of one per frame
-        t = self.timesteps_dev[item.step]
         return x, t.expand(batch)
 
     def _run(self, item, x_BLD=None, given=None) -> torch.Tensor:

@@ -176,8 +176,14 @@ class DualParalOptions:
     """schedule.dualparal.*"""
     block_frames: int = 8  # N: latent frames per block
     context_frames: int = 4  # C: latent frames of the older neighbour as left context (<= N)
+    # "block": the whole window embedded at the block's own timestep (the reference's way; a
+    # model with one timestep per clip, like Wan 2.1, knows no other); "frame": each window frame
+    # at its own level, the left context one step cleaner (0 once finished): for models trained
+    # with a noise level per frame, which then see the context as it is
+    timesteps: str = "block"
 
     MINIMUM: ClassVar[dict] = {"block_frames": 1, "context_frames": 0}
+    CHOICES: ClassVar[dict] = {"timesteps": ("block", "frame")}
 
     def check(self) -> Optional[str]:
         if self.context_frames > self.block_frames:

@@ -11,6 +11,7 @@ SCHEDULES: dict[str, str] = {
     "rollout": "framecast.schedulers.rollout:RolloutSchedule",
     "dualparal": "framecast.schedulers.dualparal:DualParalSchedule",
     "nfd": "framecast.schedulers.nfd_schedule:NfdSchedule",
+    "vin": "framecast.schedulers.vin:VinSchedule",
 }
 
 

@@ -48,6 +48,9 @@ With a prompt (for each named object C)
                          missing in either frame counts and disagrees.
   prompt.exact_colours   fraction of frames whose colour set is exactly the named colours
   adherence              mean over named objects of mean(present, shape, direction), in [0, 1]
+  prompt.C.moving, prompt.C.moving_direction, prompt.C.jumps
+                         motion over the whole video in 16-frame windows (motion.py); `moving`,
+                         `moving_direction`, `jumps`: their means over the named objects
 With actions (one per frame; actions[t] moves the player INTO frame t, so actions[0] is unused)
   player.presence        fraction of frames with a white component
   player.duplicates      fraction of frames with more than one white component
@@ -69,6 +72,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from framecast.world.captions import ACTIONS, COLOURS, parse_prompt
+from framecast.world.motion import motion_metrics
 from framecast.world.scenes import ACTION_VECTORS, COLOUR_RGB, DIRECTION_VECTORS, PLAYER_RGB
 
 PALETTE_NAMES = ("black", "white") + COLOURS
@@ -373,7 +377,7 @@ def evaluate_video(frames: np.ndarray, prompt: Optional[str] = None, actions: Op
         out.update({f"{c}.{k}": float(v) for k, v in per[c].items()})
 
     if specs:
-        scores = []
+        scores, motion = [], []
         for s in specs:
             track = [b.get(s.colour) for b in by_colour]
             present = sum(d is not None for d in track) / F
@@ -381,10 +385,16 @@ def evaluate_video(frames: np.ndarray, prompt: Optional[str] = None, actions: Op
             direction = _direction_agreement(track, s.direction, H, W)
             out.update({f"prompt.{s.colour}.present": present, f"prompt.{s.colour}.shape": shape,
                         f"prompt.{s.colour}.direction": direction})
+            motion.append(motion_metrics(track, s.direction, H, W))
+            out.update({f"prompt.{s.colour}.{k}": v for k, v in motion[-1].items()})
             scores.append((present + shape + direction) / 3)
         named = frozenset(s.colour for s in specs)
         out["prompt.exact_colours"] = sum(s == named for s in sets) / F
         out["adherence"] = float(np.mean(scores))
+        for key in ("moving", "moving_direction", "jumps"):
+            values = [m[key] for m in motion if key in m]
+            if values:
+                out[key] = float(np.mean(values))
     if actions is not None:
         out.update({k: float(v) for k, v in _action_metrics(dets, list(actions), H, W).items()})
     return {k: float(v) for k, v in out.items()}

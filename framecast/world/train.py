@@ -86,6 +86,10 @@ class TrainOptions:
                                   # bouncing, as a rollout's later chunks and DualParal's later blocks see them)
     offset_clean_min: int = 2     # text: prefix clips from later in their video keep at least this many nearly clean
                                   # frames (1: as few as the rollout's one finished frame, even at a wall)
+    dualparal_prob: float = 0.0   # text: share of the clips of >= context + block frames laid out as a DualParal
+                                  # window on the sampler's grid (world/layouts.py): the schedule's layout, trained
+    dualparal_context: int = 4    # C of that layout (schedule.dualparal.context_frames)
+    dualparal_block: int = 8      # N of that layout (schedule.dualparal.block_frames)
     bf16: bool = False            # forward and backward under bf16 autocast (weights, optimizer and EMA stay fp32);
                                   # (bench/research/train_step.py times both; docs/play.md has the numbers)
 
@@ -131,11 +135,12 @@ def init_adaln_zero(model: nn.Module) -> None:
 
 
 def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions,
-                  offsets_B: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  offsets_B: Optional[torch.Tensor] = None, grid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, F) noise levels: logit-normal per frame (a `sigma_uniform` share of them uniform on
     [0, 1] instead), or one per clip with prob. uniform_prob; a `prefix_prob` share of the clips
     with nearly clean first frames (at least opt.offset_clean_min where offsets_B > 0: clips from later
-    in a video)."""
+    in a video); a `dualparal_prob` share of the clips long enough laid out as DualParal windows on
+    the sampler's σ `grid` (world/layouts.py)."""
     u_BF = torch.randn(b, f, generator=gen) * opt.logit_std + opt.logit_mean
     shared_B = torch.rand(b, generator=gen) < opt.uniform_prob
     u_BF = torch.where(shared_B[:, None], u_BF[:, :1].expand(-1, f), u_BF)
@@ -157,6 +162,12 @@ def sample_sigmas(gen: torch.Generator, b: int, f: int, opt: TrainOptions,
         rest_BF = share_in_draft(sigma_BF, k_B)  # frames k.. share frame k's σ, as a joint draft's do
         prefixed_BF = torch.where(torch.arange(f)[None] < k_B[:, None], context_B[:, None], rest_BF)
         sigma_BF = torch.where(prefix_B[:, None] & (f > 1), prefixed_BF, sigma_BF)
+    if opt.dualparal_prob > 0 and f >= opt.dualparal_context + opt.dualparal_block:  # draws only when used
+        from framecast.world.layouts import dualparal_sigmas
+
+        laid_B = torch.rand(b, generator=gen) < opt.dualparal_prob
+        laid_BF = dualparal_sigmas(gen, b, f, grid, opt.dualparal_context, opt.dualparal_block)
+        sigma_BF = torch.where(laid_B[:, None], laid_BF, sigma_BF)
     return sigma_BF
 
 
@@ -183,7 +194,7 @@ def loss_on(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOp
         sigma_BF = sample_sigmas(gen, b, f, opt).to(device)
         return play_loss(nets, x0.to(device), actions, tokens, sigma_BF, gen, opt.context_sigma_max, opt.fg_weight,
                          opt.draft_prob)
-    sigma_BF = sample_sigmas(gen, b, f, opt, batch.get("offsets"))
+    sigma_BF = sample_sigmas(gen, b, f, opt, batch.get("offsets"), grid)
     noise = torch.randn(x0.shape, generator=gen)
     drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
     tokens = torch.where(drop_B[:, None], empty_tokens, batch["tokens"])
@@ -264,6 +275,12 @@ def train(cfg: Config, steps: int, batch: int | Sequence[int], frames: int | Seq
         raise ValueError("play training needs model.num_actions > 0 (use the tiny-play preset)")
     if (opt.action_init_std > 0 or opt.fg_weight > 0 or opt.draft_prob > 0) and not opt.play:
         raise ValueError("--action-init-std, --fg-weight and --draft-prob are for play models; add --play")
+    if opt.dualparal_prob > 0 and opt.play:
+        raise ValueError("--dualparal-prob is for the text model; drop --play")
+    if opt.dualparal_prob > 0 and max(lengths) < opt.dualparal_context + opt.dualparal_block:
+        raise ValueError(f"--dualparal-prob needs clips of at least C + N = "
+                         f"{opt.dualparal_context + opt.dualparal_block} frames (schedule.dualparal.context_frames + "
+                         f"block_frames); got --frames {' '.join(map(str, lengths))}")
     if opt.prefix_prob > 0 and opt.play:
         raise ValueError("--prefix-prob is for the text model (play models always see clean context); drop --play")
     if opt.distill_from and not opt.play:
@@ -293,6 +310,8 @@ def train(cfg: Config, steps: int, batch: int | Sequence[int], frames: int | Seq
         teacher = load_nets(cfg, opt.distill_from).to(dev).eval().requires_grad_(False)
         nets.load_state_dict(teacher.state_dict())  # the student starts as the teacher
         grid = sampler_factory(cfg)().sigmas  # the few-step grid the student will be sampled on
+    if opt.dualparal_prob > 0:
+        grid = sampler_factory(cfg)().sigmas  # the grid DualParal samples on (sampler.* of the config)
     ema = build(cfg, seed).to(dev).eval()
     ema.load_state_dict(nets.state_dict())
     ema.requires_grad_(False)
@@ -432,6 +451,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/state.pt up to --steps")
     parser.add_argument("--log-every", type=int, default=10, help="steps averaged in the progress bar's loss")
     parser.add_argument("--play", action="store_true", help="train the block-causal action model (tiny-play)")
+    parser.add_argument("--vin", action="store_true",
+                        help="fine-tune with a VIN interface module, chunked (--preset tiny-vin; "
+                             "framecast/world/vin_training.py, docs/vin.md)")
     parser.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps")
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the shipped weights")
@@ -464,6 +486,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offset-clean-min", type=int, default=d.offset_clean_min,
                         help="text: prefix clips from later in their video keep at least this many nearly clean "
                              "frames (default 2: the motion shows; 1: the rollout's one finished frame)")
+    parser.add_argument("--dualparal-prob", type=float, default=d.dualparal_prob,
+                        help="text: share of clips of >= C + N frames laid out as DualParal windows on the sampler's "
+                             "grid (C, N: the preset's schedule.dualparal.context_frames and block_frames)")
     parser.add_argument("--lr-final", type=float, default=d.lr_final,
                         help="cosine decay after warm-up to lr x this at the last step (1 = constant)")
     parser.add_argument("--context-sigma-max", type=float, default=d.context_sigma_max,
@@ -498,7 +523,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
         raise ValueError(f"--stop-at must lie in [1, --steps] = [1, {args.steps}], got {args.stop_at}")
     for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob",
-                 "prefix_prob", "offset_prob"):
+                 "prefix_prob", "offset_prob", "dualparal_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
@@ -510,7 +535,9 @@ def run_train(args: argparse.Namespace) -> int:
                        action_init_std=args.action_init_std, fg_weight=args.fg_weight,
                        draft_prob=args.draft_prob, prefix_prob=args.prefix_prob, logit_mean=args.logit_mean,
                        logit_std=args.logit_std, prefix_max=args.prefix_max, offset_prob=args.offset_prob,
-                       offset_clean_min=args.offset_clean_min, bf16=args.bf16)
+                       offset_clean_min=args.offset_clean_min, bf16=args.bf16, dualparal_prob=args.dualparal_prob,
+                       dualparal_context=cfg.schedule.dualparal.context_frames,
+                       dualparal_block=cfg.schedule.dualparal.block_frames)
     prog = Path(sys.argv[0]).name
     prog = "python -m framecast" if prog == "__main__.py" else prog
     command = " ".join([prog, shlex.join(sys.argv[1:])])

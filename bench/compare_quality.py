@@ -1,7 +1,7 @@
-"""Paired differences between `bench/research/quality.py` results: is B better than A, beyond
+"""Paired differences between `bench/quality.py` results: is B better than A, beyond
 the noise?
 
-    python bench/research/compare_quality.py A.json B.json [C.json ...] [--metrics direction presence]
+    python bench/compare_quality.py A.json B.json [C.json ...] [--metrics direction presence]
                                              [--out bench/results/compare_quality.json]
 
 Two weights scored on the same prompts and seeds make the same videos' worth of comparisons:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("base", help="quality.py JSON of the reference weights (A)")
     ap.add_argument("others", nargs="+", help="quality.py JSONs to compare with it (B, C, ...)")
-    ap.add_argument("--metrics", nargs="+", default=["direction", "presence"])
+    ap.add_argument("--metrics", nargs="+", default=["direction", "moving", "moving_direction", "presence"])
     ap.add_argument("--out", default="bench/results/compare_quality.json")
     args = ap.parse_args(argv)
     base = json.loads(Path(args.base).read_text())

@@ -1,0 +1,183 @@
+"""Fine-tune the tiny world model with a VIN interface module: chunked training (spec §3.2).
+
+    framecast train --vin --preset tiny-vin --out DIR [--init-from builtin:tiny] [--steps N] ...
+
+One step: B world clips of F latent frames, ONE noise level per clip (the vin schedule denoises
+every chunk at the same step), x_σ = (1 − σ)·x0 + σ·noise. The VIN module reads the clip's
+keyframes (every `keyframe_every` frames of x_σ, the schedule's T_s) with the timestep and the
+prompt -> Z (per clip). Each clip is cut into the schedule's windows (`make_plan`: F_chunk own
+frames + the previous chunk's last F_local), and every window is its own sample of the batch,
+reading its clip's Z at the layers `vin.layers`: windows never attend to one another, so the
+only path between chunks is Z — the stop-gradient across chunks of the spec, with VIN and DiT
+trained end to end through Z. Loss: the velocity MSE over every window frame (overlap frames count
+in both windows: both predict them at inference). Caption dropout trains the empty prompt, which
+the unconditional CFG branch gives both the DiT and the VIN processor.
+
+Starts from the shipped `tiny` weights (`--init-from`, default builtin:tiny) with a fresh VIN
+module whose patch embedding is copied from the DiT's (it reads the same latents); the DiT and
+the text encoder train at `--lr`, the new module at 5x it. Everything not VIN-specific is the
+world's recipe (framecast/world/train.py): clip stream, per-step noise generator, warm-up +
+cosine learning rate, EMA.
+
+Files in `out/`: weights.safetensors (EMA; keys transformer.*, text_encoder.*, vin.*: the layout
+model.weights takes, with the tiny-vin preset) and weights.json (command, seed, steps, wall
+time, losses).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framecast.config import Config, load_config
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
+from framecast.models.vin import InterfaceTokens, VinInterface
+from framecast.schedulers.vin import keyframe_every, make_plan
+from framecast.world.train import (TrainOptions, describe_device, ema_update, load_nets, lr_at, save_weights,
+                                   step_generator)
+
+VIN_LR_SCALE = 5.0  # the fresh interface module learns faster than the pretrained DiT is moved
+
+
+def build_vin_nets(cfg: Config, init_from: str, seed: int) -> nn.ModuleDict:
+    """{"transformer", "text_encoder"} from `init_from`, plus a fresh "vin" module (seeded)."""
+    nets = load_nets(cfg, init_from)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vin = VinInterface.for_model(cfg.model, cfg.vin)
+    vin.patch.load_state_dict(nets["transformer"].patch_embedding.state_dict())  # it reads the same latents
+    return nn.ModuleDict({**nets, "vin": vin})
+
+
+def windows(cfg: Config, frames: int) -> list[range]:
+    """The schedule's windows (context + own frames) of a clip of `frames` latent frames."""
+    o = cfg.schedule.vin
+    plan = make_plan(frames, o.chunk_frames, o.overlap_frames, 1)
+    return [range(c.start, c.stop) for c in plan.chunks]
+
+
+def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator, opt: TrainOptions,
+             empty_tokens: torch.Tensor) -> torch.Tensor:
+    """The chunked loss of one batch (all randomness from `gen`, on the CPU)."""
+    x0 = batch["video"]                                                  # (B, C, F, H, W)
+    b, _, f = x0.shape[:3]
+    sigma_B = torch.sigmoid(torch.randn(b, generator=gen) * opt.logit_std + opt.logit_mean)
+    noise = torch.randn(x0.shape, generator=gen)
+    drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
+    tokens = torch.where(drop_B[:, None], empty_tokens, batch["tokens"])
+    s = sigma_B[:, None, None, None, None]
+    x_t = (1 - s) * x0 + s * noise
+    t_B = sigma_B * 1000
+    text_BSD = nets["text_encoder"](tokens)
+    every = keyframe_every(cfg.schedule.vin, cfg.video.fps, cfg.vae.temporal_stride)
+    z_BND = nets["vin"](x_t[:, :, ::every], t_B, text_BSD)
+    layers = frozenset(cfg.vin.layers) if cfg.vin.layers else None
+    groups: dict[int, list[range]] = {}  # windows of one length run as one batch
+    for w in windows(cfg, f):
+        groups.setdefault(len(w), []).append(w)
+    total, count = x0.new_zeros(()), 0
+    for ws in groups.values():
+        n = len(ws)
+        x = torch.cat([x_t[:, :, w.start:w.stop] for w in ws])              # (n·B, C, len, H, W), window-major
+        target = torch.cat([(noise - x0)[:, :, w.start:w.stop] for w in ws])
+        interface = InterfaceTokens(z_BND.repeat(n, 1, 1), layers)
+
+        def prepare(ctx, interface=interface):
+            ctx.interface = interface
+            return ctx
+
+        v = run_model(nets["transformer"], x, t_B.repeat(n), Conditioning(text_BSD.repeat(n, 1, 1)), prepare=prepare)
+        total = total + F.mse_loss(v.float(), target, reduction="sum")
+        count += target.numel()
+    return total / count
+
+
+def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
+             init_from: str = "builtin:tiny", opt: TrainOptions | None = None, command: str = "",
+             log_every: int = 25, max_seconds: float | None = None, device: str = "cpu") -> dict:
+    from framecast.world.captions import tokenize
+    from framecast.world.scenes import world_batches
+
+    opt = opt or TrainOptions()
+    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
+        raise ValueError("VIN world training is pixel space with the built-in text encoder (the tiny-vin preset)")
+    windows(cfg, frames)  # a clip shorter than a chunk: one line, before any work
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    nets = build_vin_nets(cfg, init_from, seed).to(dev).train()
+    ema = build_vin_nets(cfg, init_from, seed).to(dev).eval().requires_grad_(False)
+    ema.load_state_dict(nets.state_dict())
+    base = [p for k, p in nets.named_parameters() if not k.startswith("vin.")]
+    optim = torch.optim.AdamW([{"params": base, "scale": 1.0},
+                               {"params": list(nets["vin"].parameters()), "scale": VIN_LR_SCALE}],
+                              lr=opt.lr, betas=(0.9, 0.99), weight_decay=opt.weight_decay)
+    stream = world_batches(seed, batch, frames, size=cfg.video.height, offset_prob=opt.offset_prob)
+    empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)])
+    losses, t0 = [], time.perf_counter()
+    for step in range(steps):
+        for g in optim.param_groups:
+            g["lr"] = lr_at(step, opt, steps) * g["scale"]
+        clips = {k: v.to(dev) for k, v in next(stream).items()}
+        loss = vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
+        optim.step()
+        ema_update(ema, nets, min(opt.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            recent = losses[-log_every:]
+            print(f"step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if (step + 1) % opt.save_every == 0:
+            save_weights(ema, out / "weights.safetensors")
+        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+            break  # saved as a finished run of len(losses) steps
+    wall = time.perf_counter() - t0
+    save_weights(ema, out / "weights.safetensors")
+    tail = losses[-min(len(losses), 50):]
+    meta = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "steps": len(losses),
+            "batch": batch, "frames": frames, "device": describe_device(dev), "wall_s": round(wall, 1),
+            "s_per_step": round(wall / max(1, len(losses)), 3), "final_loss": round(sum(tail) / max(1, len(tail)), 5),
+            "chunk_frames": cfg.schedule.vin.chunk_frames, "overlap_frames": cfg.schedule.vin.overlap_frames,
+            "vin": {"tokens": cfg.vin.tokens, "heads": cfg.vin.heads, "blocks": cfg.vin.blocks,
+                    "layers": list(cfg.vin.layers)},
+            "params_vin": sum(p.numel() for p in nets["vin"].parameters()),
+            "options": {k: getattr(opt, k) for k in ("lr", "warmup", "lr_final", "ema_decay", "caption_dropout",
+                                                      "logit_mean", "logit_std", "offset_prob")}}
+    (out / "weights.json").write_text(json.dumps({**meta, "losses": [round(x, 5) for x in losses]}, indent=1) + "\n")
+    return {**meta, "losses": losses}
+
+
+def run_vin_train(args) -> int:
+    """`framecast train --vin ...`: the arguments of `framecast train` that apply here."""
+    if args.play or args.resume or args.distill_from:
+        raise ValueError("--vin trains the text model from --init-from in one run: drop --play, --resume and --distill-from")
+    if len(args.batch) != 1 or len(args.frames) != 1:
+        raise ValueError("--vin trains on one clip length: give one --frames and one --batch value")
+    if args.steps < 1 or args.batch[0] < 1:
+        raise ValueError(f"--steps and --batch must be >= 1, got {args.steps} and {args.batch[0]}")
+    for name in ("caption_dropout", "lr_final", "offset_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    cfg = load_config(args.preset, args.overrides)
+    opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
+                       lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
+                       offset_prob=args.offset_prob, save_every=args.save_every)
+    prog = Path(sys.argv[0]).name
+    command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
+    meta = finetune(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed,
+                    init_from=args.init_from or "builtin:tiny", opt=opt, command=command,
+                    log_every=args.log_every, device=args.device,
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s ({meta['s_per_step']} s/step) on {meta['device']}; "
+          f"final loss {meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
+    return 0
