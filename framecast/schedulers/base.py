@@ -36,6 +36,22 @@ def check_cancel(cancel) -> None:
         raise Cancelled("cancelled by the caller")
 
 
+def worker_calls(engine: Any, worker: str, dims: Any):
+    """`call(method, *args)` -> rank 0's result of `method` on the engine's workers of `worker`
+    (started on first use, kept across requests). A call that fails may leave messages in flight,
+    so those workers are dropped and the next request starts fresh ones."""
+    executor = engine.executor(worker, dims)
+
+    def call(method: str, *args):
+        try:
+            return executor.collective_rpc(method, *args)[0]
+        except BaseException:
+            engine.drop_executor(worker)
+            raise
+
+    return call
+
+
 class Schedule:
     name: ClassVar[str] = ""
     Options: ClassVar[type]            # dataclass of the config section schedule.NAME

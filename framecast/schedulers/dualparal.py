@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Iterator, Optional
 
-from framecast.schedulers.base import MAX_PLAN_ITEMS, Schedule, check_cancel
+from framecast.schedulers.base import MAX_PLAN_ITEMS, Schedule, check_cancel, worker_calls
 
 EMPTY = range(0, 0)
 TICKS_PER_CALL = 8  # each worker call ends drained (a resume point); enough ticks per call keep the bubble small
@@ -228,19 +228,9 @@ class DualParalSchedule(Schedule):
 
         from framecast.parallel.dims import ParallelDims
 
-        engine = self.engine
-        executor = engine.executor(WORKER, ParallelDims(pp=engine.cfg.parallel.workers))
-
-        def call(method, *args):
-            # Between calls the pipeline is drained (each call ends with every message received), so
-            # a consumer may stop reading at any yield. A call that fails may leave messages in flight:
-            # those workers are dropped and the next request starts fresh ones.
-            try:
-                return executor.collective_rpc(method, *args)[0]
-            except BaseException:
-                engine.drop_executor(WORKER)
-                raise
-
+        # between calls the pipeline is drained (each call ends with every message received), so a
+        # consumer may stop reading at any yield
+        call = worker_calls(self.engine, WORKER, ParallelDims(pp=self.engine.cfg.parallel.workers))
         total = call("setup", req)
         start = done = 0
         if record is not None and record.has_state():

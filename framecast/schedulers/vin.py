@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from framecast.schedulers.base import Schedule, check_cancel
+from framecast.schedulers.base import Schedule, check_cancel, worker_calls
 
 WORKER = "framecast.parallel.vin_worker:VinWorker"
 FUSIONS = ("none", "early", "mid", "late", "always")
@@ -212,17 +212,7 @@ class VinSchedule(Schedule):
 
         from framecast.parallel.dims import ParallelDims
 
-        engine = self.engine
-        executor = engine.executor(WORKER, ParallelDims(sp=engine.cfg.parallel.workers))
-
-        def call(method, *args):
-            # a call that fails may leave messages in flight: those workers are dropped
-            try:
-                return executor.collective_rpc(method, *args)[0]
-            except BaseException:
-                engine.drop_executor(WORKER)
-                raise
-
+        call = worker_calls(self.engine, WORKER, ParallelDims(sp=self.engine.cfg.parallel.workers))
         info = call("setup", req)
         with tqdm(total=info["steps"], desc="denoise", unit="step", disable=not progress) as bar:
             for step in range(info["steps"]):

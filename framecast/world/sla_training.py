@@ -28,7 +28,6 @@ import dataclasses
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -40,8 +39,8 @@ from framecast.config import load_config
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.sla_attention import zero_projections
-from framecast.world.train import (TrainOptions, describe_device, ema_update, load_nets, lr_at, sample_sigmas,
-                                   save_weights, step_generator)
+from framecast.world.finetune import finetune_loop
+from framecast.world.train import TrainOptions, describe_device, load_nets, sample_sigmas, save_weights, step_generator
 
 # The fine-tune recipe: the shipped tiny model's last stages (docs/tiny-training.md): most clips
 # with one nearly clean first frame (the rollout's layout), some from later in their video.
@@ -98,24 +97,9 @@ def finetune(cfg, out: str | Path, steps: int, batch: int, frames: int, seed: in
     optim = torch.optim.AdamW(groups, lr=opt.lr, betas=(0.9, 0.99), weight_decay=opt.weight_decay)
     stream = world_batches(seed, batch, frames, size=cfg.video.height, offset_prob=opt.offset_prob)
     empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)])
-    losses, t0 = [], time.perf_counter()
-    for step in range(steps):
-        for g in optim.param_groups:
-            g["lr"] = lr_at(step, opt, steps) * g["scale"]
-        loss = flow_loss(nets, runtime, next(stream), step_generator(seed, step), opt, empty)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
-        optim.step()
-        ema_update(ema, nets, min(opt.ema_decay, (1 + step) / (10 + step)))
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            recent = losses[-log_every:]
-            print(f"step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
-        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-            break  # saved as a finished run of len(losses) steps
-    wall = time.perf_counter() - t0
+    losses, wall = finetune_loop(
+        nets, ema, optim, lambda step: flow_loss(nets, runtime, next(stream), step_generator(seed, step), opt, empty),
+        steps, opt, log_every, max_seconds)
     save_weights(ema, out / "weights.safetensors")
     tail = losses[-min(len(losses), 50):]
     meta = {"command": command, "preset": cfg.preset, "init_from": init_from, "linear": linear, "seed": seed,

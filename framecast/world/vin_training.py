@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,8 +39,8 @@ from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vin import InterfaceTokens, VinInterface
 from framecast.schedulers.vin import keyframe_every, make_plan
-from framecast.world.train import (TrainOptions, describe_device, ema_update, load_nets, lr_at, save_weights,
-                                   step_generator)
+from framecast.world.finetune import finetune_loop
+from framecast.world.train import TrainOptions, describe_device, load_nets, save_weights, step_generator
 
 VIN_LR_SCALE = 5.0  # the fresh interface module learns faster than the pretrained DiT is moved
 
@@ -121,27 +120,14 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
                               lr=opt.lr, betas=(0.9, 0.99), weight_decay=opt.weight_decay)
     stream = world_batches(seed, batch, frames, size=cfg.video.height, offset_prob=opt.offset_prob)
     empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)])
-    losses, t0 = [], time.perf_counter()
-    for step in range(steps):
-        for g in optim.param_groups:
-            g["lr"] = lr_at(step, opt, steps) * g["scale"]
+
+    def loss_at(step: int) -> torch.Tensor:
         clips = {k: v.to(dev) for k, v in next(stream).items()}
-        loss = vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(nets.parameters(), opt.grad_clip)
-        optim.step()
-        ema_update(ema, nets, min(opt.ema_decay, (1 + step) / (10 + step)))
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            recent = losses[-log_every:]
-            print(f"step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
-        if (step + 1) % opt.save_every == 0:
-            save_weights(ema, out / "weights.safetensors")
-        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-            break  # saved as a finished run of len(losses) steps
-    wall = time.perf_counter() - t0
+        return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev))
+
+    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds,
+                                 checkpoint=lambda: save_weights(ema, out / "weights.safetensors"),
+                                 checkpoint_every=opt.save_every)
     save_weights(ema, out / "weights.safetensors")
     tail = losses[-min(len(losses), 50):]
     meta = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "steps": len(losses),
