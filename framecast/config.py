@@ -305,8 +305,6 @@ def validate(cfg: Config) -> None:
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:
             raise ConfigError(f"parallel.layer_split={split} must list {cfg.parallel.workers} positive "
                               f"layer counts summing to model.num_layers={m.num_layers}")
-    if cfg.parallel.workers > m.num_layers:
-        raise ConfigError(f"parallel.workers={cfg.parallel.workers} must be <= model.num_layers={m.num_layers}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
 

@@ -168,17 +168,17 @@ def test_torchrun_report_becomes_one_last_line_naming_the_dead_rank():
     assert lines[0] == "framecast: torchrun: 2 workers (pids 6536, 6537)"
     assert "framecast: warning: something the user should know" in lines
     assert any(line.startswith("frames:  20%|") for line in lines)  # progress bars pass as they come
-    assert lines[-1] == "framecast: error: DualParal worker rank 1 (pid 6537) died (killed by SIGKILL); the run is stopped"
+    assert lines[-1] == "framecast: error: worker rank 1 (pid 6537) died (killed by SIGKILL); the run is stopped"
     assert not any(w in shown for w in ("Traceback", "ChildFailedError", "Root Cause", "OMP_NUM_THREADS", "[rank0]"))
 
 
 def test_torchrun_output_keeps_rank0s_error_as_the_last_line():
     text = TORCHRUN_STDERR.replace(
-        "[rank0]: Traceback", "framecast: error: DualParal worker rank 1 (pid 6537) died; the run is stopped\n"
+        "[rank0]: Traceback", "framecast: error: worker rank 1 (pid 6537) died; the run is stopped\n"
         "framecast: stopped by signal 15 (a peer rank failed or the job was cancelled)\n[rank0]: Traceback")
     shown, _ = _filtered(text, 1)
     lines = [line for line in shown.splitlines() if line.strip()]
-    assert lines[-1] == "framecast: error: DualParal worker rank 1 (pid 6537) died; the run is stopped"
+    assert lines[-1] == "framecast: error: worker rank 1 (pid 6537) died; the run is stopped"
     assert "Traceback" not in shown
     ok, rc = _filtered("framecast: torchrun: 2 workers (pids 1, 2)\n", 0)
     assert rc == 0 and ok == "framecast: torchrun: 2 workers (pids 1, 2)\n"
@@ -190,7 +190,7 @@ def test_a_crash_of_framecast_itself_shows_its_traceback_then_the_line():
     shown, rc = _filtered(text, 1)
     lines = shown.splitlines()
     assert "RuntimeError: Connection closed by peer" in lines
-    assert lines[-1] == "framecast: error: DualParal worker rank 0 (pid 6536) failed (exit code 1); the run is stopped"
+    assert lines[-1] == "framecast: error: worker rank 0 (pid 6536) failed (exit code 1); the run is stopped"
 
 
 # ---- the resume record -----------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_a_worker_killed_during_a_resume_leaves_the_record(interrupted, tmp_path
         proc.kill()
     text = log.read_text()
     assert rc != 0
-    assert re.fullmatch(rf"framecast: error: DualParal worker rank 1 \(pid {pids[1]}\) died.*", _last_line(text)), text
+    assert re.fullmatch(rf"framecast: error: worker rank 1 \(pid {pids[1]}\) died.*", _last_line(text)), text
     assert "Traceback" not in text and "ChildFailedError" not in text, text
     assert _digest(record) == before
 
@@ -450,7 +450,7 @@ def test_a_stopped_peer_ends_the_run_within_the_timeout(tmp_path):
     text = log.read_text()
     print(f"stopped peer: the run ended {took:.1f} s after SIGSTOP")
     assert rc != 0
-    assert re.fullmatch(rf"framecast: error: DualParal worker rank 1 \(pid {pids[1]}\) stopped answering "
+    assert re.fullmatch(rf"framecast: error: worker rank 1 \(pid {pids[1]}\) stopped answering "
                         r".*parallel\.timeout_s=10 s.*", _last_line(text)), text
     assert "Traceback" not in text, text
     assert (record_dir(out) / "state.pt").exists()

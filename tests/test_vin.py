@@ -200,3 +200,13 @@ def test_train_command_writes_weights_that_the_tiny_vin_preset_runs(tmp_path, ca
     assert "1 steps in" in capsys.readouterr().out
     video = stream("tiny-vin", ["sampler.steps=2", f"model.weights={out}"], 9)
     assert video.shape == (9, 32, 32, 3)
+
+
+def test_worker_count_is_capped_by_layers_under_dualparal_only():
+    """VIN splits the video, not the layers: more workers than layers is fine there (chunks
+    permitting), while DualParal needs a layer shard per worker."""
+    from framecast.config import ConfigError, load_config
+
+    load_config("tiny", ["schedule.name=vin", "parallel.launcher=torchrun", "parallel.workers=8"])
+    with pytest.raises(ConfigError, match="parallel.workers=8 must be <= model.num_layers=6 under schedule.name=dualparal"):
+        load_config("tiny", ["schedule.name=dualparal", "parallel.launcher=torchrun", "parallel.workers=8"])

@@ -223,7 +223,7 @@ class TorchrunOutput:
         r, pid, code = failed["rank"], failed["pid"], failed["exitcode"]
         if pid is None and r < len(self.pids):
             pid = self.pids[r]
-        who = f"DualParal worker rank {r}" + (f" (pid {pid})" if pid is not None else "")
+        who = f"worker rank {r}" + (f" (pid {pid})" if pid is not None else "")
         if code < 0:
             import signal
 

@@ -149,7 +149,7 @@ class RayExecutor:
 
     def _name(self, rank: int) -> str:
         node = self.nodes[rank] if getattr(self, "nodes", None) else {}
-        return f"DualParal worker rank {rank} (Ray actor pid {node.get('pid', '?')} on node {node.get('ip', '?')})"
+        return f"worker rank {rank} (Ray actor pid {node.get('pid', '?')} on node {node.get('ip', '?')})"
 
     def _gather(self, refs: list) -> list:
         """ray.get for all refs, failing fast when any actor dies (the others may be blocked in a

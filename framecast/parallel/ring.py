@@ -61,7 +61,7 @@ class Ring:
 
 
 def _lost(peer: int, verb: str, e: Exception) -> WorkerLost:
-    return WorkerLost(f"DualParal worker rank {peer} is gone ({verb} rank {peer} failed: "
+    return WorkerLost(f"worker rank {peer} is gone ({verb} rank {peer} failed: "
                       f"{str(e).splitlines()[0][:160]})")
 
 

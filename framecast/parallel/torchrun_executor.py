@@ -159,23 +159,23 @@ def lost_error(infos: list, cause: BaseException | None, timeout_s: float):
 
     dead = dead_ranks(infos)
     if dead:
-        return WorkerLost(f"DualParal worker {', '.join(map(name, dead))} died; the run is stopped")
+        return WorkerLost(f"worker {', '.join(map(name, dead))} died; the run is stopped")
     stopped = [i for i in _local_peers(infos) if process_state(i["pid"]) in ("T", "t")]
     timed_out = cause is not None and "time" in str(cause).lower()
     if stopped:
-        return WorkerLost(f"DualParal worker {', '.join(map(name, stopped))} stopped answering (process "
+        return WorkerLost(f"worker {', '.join(map(name, stopped))} stopped answering (process "
                           f"stopped; nothing from it within parallel.timeout_s={timeout_s:g} s); the run is stopped")
     m = re.search(r"rank (\d+)", str(cause)) if cause is not None else None
     peer = next((i for i in infos if m and i["rank"] == int(m.group(1))), None)
     if peer is not None and timed_out:
-        return WorkerLost(f"DualParal worker {name(peer)} stopped answering (nothing from it within "
+        return WorkerLost(f"worker {name(peer)} stopped answering (nothing from it within "
                           f"parallel.timeout_s={timeout_s:g} s); the run is stopped")
     if peer is not None:
-        return WorkerLost(f"DualParal worker {name(peer)} is gone "
+        return WorkerLost(f"worker {name(peer)} is gone "
                           f"({str(cause).splitlines()[0][:200]}); the run is stopped")
     if cause is None:
-        return WorkerLost("DualParal worker: a peer rank failed and torchrun stopped the job")
+        return WorkerLost("worker: a peer rank failed and torchrun stopped the job")
     if timed_out:
-        return WorkerLost(f"DualParal workers: no answer from a peer within parallel.timeout_s={timeout_s:g} s "
+        return WorkerLost(f"workers: no answer from a peer within parallel.timeout_s={timeout_s:g} s "
                           f"({str(cause).splitlines()[0][:160]}); the run is stopped")
-    return WorkerLost(f"DualParal workers: {str(cause).splitlines()[0][:200]}; the run is stopped")
+    return WorkerLost(f"workers: {str(cause).splitlines()[0][:200]}; the run is stopped")

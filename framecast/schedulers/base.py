@@ -36,6 +36,17 @@ def check_cancel(cancel) -> None:
         raise Cancelled("cancelled by the caller")
 
 
+def worker_config_problem(cfg: Any, name: str) -> Optional[str]:
+    """What a schedule running on `parallel.workers` workers (dualparal, vin) cannot take: a
+    temporal patch (its blocks and chunks are latent frames), or more than one local worker."""
+    if cfg.model.patch_size[0] != 1:
+        return f"schedule.name={name} needs model.patch_size[0] == 1, got {list(cfg.model.patch_size)}"
+    if cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
+        return (f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
+                f"(use parallel.launcher=torchrun or ray for more)")
+    return None
+
+
 def worker_calls(engine: Any, worker: str, dims: Any):
     """`call(method, *args)` -> rank 0's result of `method` on the engine's workers of `worker`
     (started on first use, kept across requests). A call that fails may leave messages in flight,

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Iterator, Optional
 
-from framecast.schedulers.base import MAX_PLAN_ITEMS, Schedule, check_cancel, worker_calls
+from framecast.schedulers.base import MAX_PLAN_ITEMS, Schedule, check_cancel, worker_calls, worker_config_problem
 
 EMPTY = range(0, 0)
 TICKS_PER_CALL = 8  # each worker call ends drained (a resume point); enough ticks per call keep the bubble small
@@ -203,11 +203,12 @@ class DualParalSchedule(Schedule):
 
     @classmethod
     def check_config(cls, cfg, options) -> Optional[str]:
-        if cfg.model.patch_size[0] != 1:
-            return f"schedule.name=dualparal needs model.patch_size[0] == 1, got {list(cfg.model.patch_size)}"
-        if cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
-            return (f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
-                    f"(use parallel.launcher=torchrun or ray for more)")
+        problem = worker_config_problem(cfg, cls.name)
+        if problem:
+            return problem
+        if cfg.parallel.workers > cfg.model.num_layers:  # one layer shard per worker at least
+            return (f"parallel.workers={cfg.parallel.workers} must be <= model.num_layers={cfg.model.num_layers} "
+                    f"under schedule.name=dualparal (each worker holds a shard of the layers)")
         from framecast.models.attention import BACKENDS  # the registry (imports no backend)
 
         backend = BACKENDS[cfg.model.attn_backend]

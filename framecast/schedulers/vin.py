@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from framecast.schedulers.base import Schedule, check_cancel, worker_calls
+from framecast.schedulers.base import Schedule, check_cancel, worker_calls, worker_config_problem
 
 WORKER = "framecast.parallel.vin_worker:VinWorker"
 FUSIONS = ("none", "early", "mid", "late", "always")
@@ -171,11 +171,9 @@ class VinSchedule(Schedule):
 
     @classmethod
     def check_config(cls, cfg, options) -> Optional[str]:
-        if cfg.model.patch_size[0] != 1:
-            return f"schedule.name=vin needs model.patch_size[0] == 1, got {list(cfg.model.patch_size)}"
-        if cfg.parallel.launcher == "local" and cfg.parallel.workers != 1:
-            return (f"parallel.launcher=local runs one worker; got parallel.workers={cfg.parallel.workers} "
-                    f"(use parallel.launcher=torchrun or ray for more)")
+        problem = worker_config_problem(cfg, cls.name)
+        if problem:
+            return problem
         if cfg.cache.kind != "none":
             return f"cache.kind={cfg.cache.kind} does not run under schedule.name=vin yet; use cache.kind=none"
         from framecast.models.attention import BACKENDS  # the registry (imports no backend)
