@@ -48,3 +48,11 @@ def test_sample_sigmas_lays_out_the_requested_share():
     assert 0.4 < laid.float().mean() < 0.6
     short = sample_sigmas(torch.Generator().manual_seed(0), 8, 5, opt, grid=grid)  # too short: unchanged
     assert torch.equal(short, sample_sigmas(torch.Generator().manual_seed(0), 8, 5, TrainOptions(), grid=grid))
+
+
+def test_train_refuses_a_dualparal_layout_longer_than_its_clips(tmp_path):
+    from framecast.world.train import train
+
+    with pytest.raises(ValueError, match="--dualparal-prob needs clips of at least C \\+ N = 12 frames"):
+        train(load_config("tiny"), 1, 2, 8, 0, tmp_path, options=TrainOptions(dualparal_prob=0.5), progress=False)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
