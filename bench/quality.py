@@ -40,23 +40,29 @@ SHOWN = ("direction", "moving", "moving_direction", "jumps", "wall_return", "pre
 SCHEDULES = ("world", "full", "dualparal", "rollout")
 
 
-def frames_of(weights: str, schedule: str, seconds: float, prompt: str, seed: int, extra: list[str]) -> np.ndarray:
-    """The video of one prompt and seed: generated, or the world's own clip (`world`)."""
+def make_engine(weights: str, schedule: str, extra: list[str]):
+    """The tiny preset with these weights and this schedule (`world`: the default one, only for the
+    request's frame count); one per schedule, reused for all its videos."""
     from framecast import Engine
-    from framecast.world.scenes import render_prompt_clip
 
-    engine = Engine.from_preset("tiny", [f"model.weights={weights}", *extra] +
-                                ([f"schedule.name={schedule}"] if schedule != "world" else []))
+    return Engine.from_preset("tiny", [f"model.weights={weights}", *extra] +
+                              ([f"schedule.name={schedule}"] if schedule != "world" else []))
+
+
+def frames_of(engine, schedule: str, seconds: float, prompt: str, seed: int) -> np.ndarray:
+    """The video of one prompt and seed: generated, or the world's own clip (`world`)."""
     if schedule == "world":
+        from framecast.world.scenes import render_prompt_clip
+
         return render_prompt_clip(prompt, engine.request(prompt, seconds=seconds).frames, seed).frames
     return np.stack(list(engine.stream(prompt, seconds=seconds, seed=seed)))
 
 
-def run(weights: str, schedule: str, seconds: float, prompt: str, seed: int, extra: list[str]) -> dict:
+def run(engine, schedule: str, seconds: float, prompt: str, seed: int) -> dict:
     from framecast.world.metrics import evaluate_video
 
     start = time.perf_counter()
-    frames = frames_of(weights, schedule, seconds, prompt, seed, extra)
+    frames = frames_of(engine, schedule, seconds, prompt, seed)
     wall = time.perf_counter() - start
     metrics = evaluate_video(frames, prompt=prompt)
     directions = [v for k, v in metrics.items() if k.endswith(".direction")]  # one per named object
@@ -92,16 +98,16 @@ def main() -> None:
           flush=True)
     rows = []
     for schedule in args.schedules:
-        for seconds in args.seconds:
-            if schedule == "full" and seconds > args.full_max_seconds:
-                continue
-            runs = [run(args.weights, schedule, seconds, p, seed, args.extra)
-                    for seed in args.seeds for p in args.prompts]
-            row = {"schedule": schedule, "seconds": seconds, **summarize(runs), "runs": runs}
-            rows.append(row)
-            cells = " ".join(f"{row[k]:>8.3f} ±{row[k + '_sd']:>6.3f}" if row[k] is not None else f"{'-':>16}"
-                             for k in SHOWN)
-            print(f"{schedule:>10} {seconds:>7g} {cells} {row['wall_s']:>7.1f}", flush=True)
+        with make_engine(args.weights, schedule, args.extra) as engine:
+            for seconds in args.seconds:
+                if schedule == "full" and seconds > args.full_max_seconds:
+                    continue
+                runs = [run(engine, schedule, seconds, p, seed) for seed in args.seeds for p in args.prompts]
+                row = {"schedule": schedule, "seconds": seconds, **summarize(runs), "runs": runs}
+                rows.append(row)
+                cells = " ".join(f"{row[k]:>8.3f} ±{row[k + '_sd']:>6.3f}" if row[k] is not None else f"{'-':>16}"
+                                 for k in SHOWN)
+                print(f"{schedule:>10} {seconds:>7g} {cells} {row['wall_s']:>7.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"weights": args.weights, "seeds": args.seeds, "extra": args.extra,
                                           "rows": rows}, indent=1))
