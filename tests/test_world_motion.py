@@ -59,3 +59,27 @@ def test_windows_cover_the_video_and_skip_a_stub():
     assert windows(40) == [range(0, 16), range(16, 32), range(32, 40)]
     assert windows(36) == [range(0, 16), range(16, 32)]  # 4 frames: no span of SPAN frames inside
     assert windows(3) == []
+
+
+def test_seam_jumps_find_a_jump_at_a_seam_and_only_there():
+    clip = render_prompt_clip(PROMPT, 48, 2).frames
+    frames = np.concatenate([clip[:24], clip[32:]])  # the object skips 8 frames at frame 24
+    m = evaluate_video(frames, PROMPT, seams=[8, 16, 24, 32])
+    assert m["seam_jump"] > 6 and m["inner_jump"] <= 1.5
+    m = evaluate_video(frames, PROMPT, seams=[8, 16, 32])  # the skip is now inside a block
+    assert m["seam_jump"] <= 1.5 and m["inner_jump"] > 6
+    assert "seam_jump" not in evaluate_video(frames, PROMPT)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["schedule.name=full"], ()),
+    (["schedule.name=rollout", "schedule.rollout.chunk_frames=6", "schedule.rollout.lead_frames=1"],
+     (1, 7, 13, 19)),
+    (["schedule.name=dualparal", "schedule.dualparal.block_frames=8"], (8, 16)),
+    (["schedule.name=vin", "schedule.vin.chunk_frames=6", "schedule.vin.overlap_frames=2"], (6, 12, 18)),
+])
+def test_every_schedule_names_its_seams(overrides, expected):
+    from framecast import Engine
+
+    with Engine.from_preset("tiny", ["model.weights=", *overrides]) as engine:
+        assert engine.schedule.seams(engine.request(PROMPT, frames=21)) == expected

@@ -103,6 +103,12 @@ class Schedule:
         """Model passes the progress bar counts (for the bar only)."""
         return 0
 
+    def seams(self, req: "Request") -> tuple[int, ...]:
+        """Latent frames where a new block or chunk of the plan begins (0 excluded): where the
+        video may jump, for the seam metrics of bench/quality.py. A schedule that denoises the
+        whole video as one has none."""
+        return ()
+
     def latents(self, req: "Request", actions: Optional[Sequence[int]], progress: bool,
                 record: Any = None, cancel: Any = None) -> Iterator["torch.Tensor"]:
         """Finished latents [1, C, f, h, w] (f >= 1 latent frames), oldest first, each as soon as it is

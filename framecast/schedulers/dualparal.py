@@ -224,6 +224,9 @@ class DualParalSchedule(Schedule):
         return frames, (f"its plan lists every block-pass up front (at most {MAX_PLAN_ITEMS:,}: blocks of {n} "
                         f"latent frames x {steps} steps)")
 
+    def seams(self, req) -> tuple[int, ...]:
+        return tuple(b.start for b in make_blocks(req.latent_frames, self.options.block_frames)[1:])
+
     def latents(self, req, actions, progress, record=None, cancel=None):
         from tqdm.auto import tqdm
 

@@ -63,6 +63,9 @@ class NfdSchedule(Schedule):
     def total_steps(self, req) -> int:
         return req.frames
 
+    def seams(self, req) -> tuple[int, ...]:
+        return tuple(range(1, req.latent_frames))  # a block is one latent frame
+
     def latents(self, req, actions, progress, record=None, cancel=None):
         from tqdm.auto import tqdm
 

@@ -44,6 +44,10 @@ class RolloutSchedule(Schedule):
         o = self.options
         return len(chunks(req.latent_frames, o.chunk_frames, o.lead_frames)) * self.engine.cfg.sampler.steps
 
+    def seams(self, req) -> tuple[int, ...]:
+        o = self.options
+        return tuple(c.start for c in chunks(req.latent_frames, o.chunk_frames, o.lead_frames)[1:])
+
     def latents(self, req, actions, progress, record=None, cancel=None) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
 

@@ -205,6 +205,9 @@ class VinSchedule(Schedule):
     def total_steps(self, req) -> int:
         return self.engine.cfg.sampler.steps
 
+    def seams(self, req) -> tuple[int, ...]:
+        return tuple(c.own_start for c in self.plan(req).chunks[1:])
+
     def latents(self, req, actions, progress, record=None, cancel=None):
         from tqdm.auto import tqdm
 

@@ -17,6 +17,9 @@ Whole video
   accel, max_jump        mean of C.accel; max of C.max_jump
   wall_return            over the tracked shapes, returns / arrivals (C.wall_return pooled);
                          present only if some shape arrived at a wall
+With seams (frames where a schedule's block or chunk begins; `seams=`)
+  seam_jump, inner_jump  largest centroid step of a tracked colour into a seam frame (t - 1 -> t,
+                         t a seam) and at every other step, px; each only if such a step exists
 Per tracked colour C
   C.presence             fraction of frames where C is found
   C.accel                mean |c[t+1] - 2 c[t] + c[t-1]| of the centroid, px/frame² (3 frames present);
@@ -344,9 +347,22 @@ def _action_metrics(frames_dets: list[list[Detection]], actions: Sequence[str], 
     return m
 
 
+def _seam_jumps(tracks: list[list[Optional[Detection]]], seams: Sequence[int]) -> dict[str, float]:
+    """Largest centroid step into a seam frame and elsewhere, over the tracks (module docstring)."""
+    seam_steps = {t for t in seams if t >= 1}
+    at_seam, inside = [], []
+    for track in tracks:
+        for t in range(1, len(track)):
+            if track[t - 1] is not None and track[t] is not None:
+                step = float(np.linalg.norm(np.subtract(track[t].centroid, track[t - 1].centroid)))
+                (at_seam if t in seam_steps else inside).append(step)
+    return {**({"seam_jump": max(at_seam)} if at_seam else {}), **({"inner_jump": max(inside)} if inside else {})}
+
+
 def evaluate_video(frames: np.ndarray, prompt: Optional[str] = None, actions: Optional[Sequence[str]] = None,
-                   min_area: Optional[int] = None) -> dict[str, float]:
-    """uint8 (F, H, W, 3) -> the metrics in the module docstring (plain floats)."""
+                   min_area: Optional[int] = None, seams: Optional[Sequence[int]] = None) -> dict[str, float]:
+    """uint8 (F, H, W, 3) -> the metrics in the module docstring (plain floats). `seams`: video
+    frames where a schedule's block or chunk begins (adds seam_jump and inner_jump)."""
     frames = _check_video(frames)
     F, H, W, _ = frames.shape
     specs = parse_prompt(prompt) if prompt is not None else []
@@ -375,6 +391,8 @@ def evaluate_video(frames: np.ndarray, prompt: Optional[str] = None, actions: Op
                                  for c in tracked) / arrivals
     for c in tracked:
         out.update({f"{c}.{k}": float(v) for k, v in per[c].items()})
+    if seams is not None:
+        out.update(_seam_jumps([[b.get(c) for b in by_colour] for c in tracked], seams))
 
     if specs:
         scores, motion = [], []
