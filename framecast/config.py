@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framecast.models.registry import FAMILIES
+from framecast.models.latte import LatteConfig
+from framecast.models.vdt import VdtConfig
 from framecast.models.vin import VinConfig
 
 
@@ -44,24 +46,26 @@ class ModelConfig:
     num_actions: int = 0  # > 0: discrete-action adaLN conditioning (play models)
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
     attn_backend: str = "sdpa"  # attention backend name (see `framecast info`)
+    latte: LatteConfig = field(default_factory=LatteConfig)  # model.kind=latte only: Latte's own keys (framecast/models/latte.py)
+    vdt: VdtConfig = field(default_factory=VdtConfig)  # model.kind=vdt only: VDT's own keys (framecast/models/vdt.py)
 
 
 @dataclass
 class TextConfig:
-    kind: str = "umt5"  # umt5 (transformers UMT5 from a checkpoint folder) | builtin (world vocabulary)
+    kind: str = "umt5"  # umt5 (transformers UMT5 from a checkpoint folder) | t5 (T5, Latte) | builtin (world vocabulary)
     max_length: int = 512  # tokens the prompt is padded/cut to (diffusers max_sequence_length)
 
 
 @dataclass
 class VaeConfig:
-    kind: str = "wan"  # wan (diffusers AutoencoderKLWan) | identity (pixel space)
+    kind: str = "wan"  # wan (diffusers AutoencoderKLWan) | sd (AutoencoderKL per frame, Latte) | identity (pixel space)
     temporal_stride: int = 4  # video frames per latent frame (first latent frame = 1 frame)
     spatial_stride: int = 8  # pixels per latent pixel
 
 
 @dataclass
 class SamplerConfig:
-    name: str = "unipc"  # unipc | euler (diffusers' FlowMatchEuler table) | euler-wan (Euler on Wan's sigmas)
+    name: str = "unipc"  # unipc | euler (diffusers' FlowMatchEuler table) | euler-wan (Euler on Wan's sigmas) | ddim (DDPM models: Latte)
     steps: int = 50  # denoising steps per frame
     shift: float = 3.0  # flow sigma shift (Wan: 3.0 at 480p, 5.0 at 720p)
     guidance_scale: float = 5.0  # classifier-free guidance; <= 1 turns CFG off
@@ -163,9 +167,9 @@ class Config:
 CHOICES = {
     "model.kind": tuple(FAMILIES),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "text.kind": ("umt5", "builtin"),
-    "vae.kind": ("wan", "identity"),
-    "sampler.name": ("unipc", "euler", "euler-wan"),
+    "text.kind": ("umt5", "t5", "builtin"),
+    "vae.kind": ("wan", "sd", "identity"),
+    "sampler.name": ("unipc", "euler", "euler-wan", "ddim"),
     "parallel.launcher": ("local", "torchrun", "ray"),
     "parallel.placement": ("PACK", "SPREAD"),
 }

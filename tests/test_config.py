@@ -26,7 +26,7 @@ def test_overrides_apply_in_order():
     ("bogus=1", "unknown key 'bogus'"),
     ("sampler.steps=abc", "bad value for 'sampler.steps'"),
     ("sampler.steps=0", "sampler.steps=0 is out of range; must be >= 1"),
-    ("sampler.name=ddim", "choose one of: unipc, euler"),
+    ("sampler.name=ddpm", "choose one of: unipc, euler, euler-wan, ddim"),
     ("schedule.name=fifo", "choose one of: full, rollout, dualparal, nfd"),
     ("parallel.launcher=mpi", "choose one of: local, torchrun, ray"),
     ("schedule.dualparal.context_frames=9", "must be <= schedule.dualparal.block_frames"),
@@ -42,7 +42,7 @@ def test_bad_overrides_fail_with_one_line(override, needle):
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; available: tiny"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; available: latte-1, tiny"):
         load_config("nope")
 
 

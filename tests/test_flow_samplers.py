@@ -166,8 +166,8 @@ def test_make_sampler_registry():
     assert isinstance(make_sampler("euler", 3.0), FlowEuler)
     u = make_sampler("unipc", 5.0, num_train_timesteps=1000)
     assert isinstance(u, FlowUniPC) and u.shift == 5.0
-    with pytest.raises(ValueError, match="euler, euler-wan, unipc"):
-        make_sampler("ddim", 3.0)
+    with pytest.raises(ValueError, match="ddim, euler, euler-wan, unipc"):
+        make_sampler("dpm-solver", 3.0)
     # euler-wan: Euler on Wan's sigmas, every step a real stretch (4 steps at shift 1: ~1, .75, .5, .25 -> 0)
     w = make_sampler("euler-wan", 1.0)
     w.set_timesteps(4)
@@ -209,7 +209,7 @@ def test_from_wan_hub_config():
 
 
 @pytest.mark.parametrize("cfg,field", [
-    ({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000}, "_class_name='DDIMScheduler'"),
+    ({"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}, "_class_name='PNDMScheduler'"),
     ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": True},
      "use_dynamic_shifting=True"),
     ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "stochastic_sampling": True},

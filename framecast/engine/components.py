@@ -1,5 +1,6 @@
 """Build what a generation needs — model, text encoder, VAE, sampler — from a config, a shipped
-weights file, or a local checkpoint folder in diffusers' Wan layout:
+weights file, or a local checkpoint folder in diffusers' layout (WanPipeline, or LattePipeline:
+`model_index.json` decides the family, engine/latte_checkpoint.py):
 
     DIR/model_index.json  transformer/  vae/  text_encoder/  tokenizer/  scheduler/
 
@@ -30,12 +31,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_kwargs(cfg: Config) -> dict:
-    m = cfg.model
-    return dict(patch_size=tuple(m.patch_size), num_attention_heads=m.num_attention_heads,
-                attention_head_dim=m.attention_head_dim, in_channels=m.in_channels,
-                out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim, ffn_dim=m.ffn_dim,
-                num_layers=m.num_layers, cross_attn_norm=m.cross_attn_norm, qk_norm="rms_norm_across_heads",
-                eps=m.eps, rope_max_seq_len=m.rope_max_seq_len, num_actions=m.num_actions)
+    """WanModel's constructor keys from cfg.model (Wan-shaped tools: gpu_check sizes, benches, the
+    cache-calibration fingerprint). Models are built by `new_model`, whatever the family."""
+    from framecast.models.wan import WanModel
+
+    return WanModel.config_kwargs(cfg.model)
+
+
+def new_model(cfg: Config):
+    """A randomly initialised model of the cfg.model.kind family (each family's `from_model_config`)."""
+    from framecast.models.registry import model_class
+
+    return model_class(cfg.model.kind).from_model_config(cfg.model)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -48,18 +55,29 @@ def _read_json(path: Path, what: str) -> dict:
         raise CheckpointError(f"{path}: malformed JSON ({e.__class__.__name__}: {e})") from None
 
 
+def checkpoint_preset(folder: str | Path) -> str:
+    """The preset a checkpoint folder starts from when none is named: `latte-1` for a LattePipeline
+    folder, else `wan2.1-t2v-1.3b` (an unreadable folder too: inspect_checkpoint reports it later)."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return "wan2.1-t2v-1.3b"
+    return "latte-1" if isinstance(index, dict) and index.get("_class_name") == "LattePipeline" else "wan2.1-t2v-1.3b"
+
+
 def inspect_checkpoint(folder: str | Path) -> dict:
     """Check the folder's layout and read its small JSON configs (no weights). Returns
-    {"transformer": cfg, "vae": cfg, "scheduler": cfg}."""
+    {"model_index": cfg, "transformer": cfg, "vae": cfg, "scheduler": cfg}."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {str(folder)!r} does not exist")
-    _read_json(folder / "model_index.json", "model_index")
+    index = _read_json(folder / "model_index.json", "model_index")
     missing = [p for p in CHECKPOINT_PARTS if not (folder / p).is_dir()]
     if missing:
         raise CheckpointError(f"checkpoint {folder}: missing sub-folder(s) {', '.join(missing)}; "
                               f"diffusers' Wan layout needs {', '.join(CHECKPOINT_PARTS)}")
     return {
+        "model_index": index if isinstance(index, dict) else {},
         "transformer": _read_json(folder / "transformer" / "config.json", "transformer config"),
         "vae": _read_json(folder / "vae" / "config.json", "vae config"),
         "scheduler": _read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config"),
@@ -69,10 +87,15 @@ def inspect_checkpoint(folder: str | Path) -> dict:
 def apply_checkpoint_config(cfg: Config, info: dict, keep_sampler: set[str]) -> None:
     """Shapes and sampler defaults come from the folder (fields in `keep_sampler` were set by the
     user and win)."""
+    from framecast.engine.latte_checkpoint import apply_latte_config, is_latte
     from framecast.schedulers.flow import sampler_from_diffusers_config
 
+    if is_latte(info):
+        apply_latte_config(cfg, info, keep_sampler)
+        return
     t = info["transformer"]
     m = cfg.model
+    m.kind = "wan"  # the folder decides the family, whatever the preset said
     for key in ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
                 "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "eps", "rope_max_seq_len"):
         if key in t:
@@ -97,11 +120,9 @@ def apply_checkpoint_config(cfg: Config, info: dict, keep_sampler: set[str]) -> 
 
 
 def _random_model(cfg: Config):
-    from framecast.models.registry import model_class
-
     with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
         torch.manual_seed(cfg.model.init_seed)
-        return model_class(cfg.model.kind)(**model_kwargs(cfg))
+        return new_model(cfg)
 
 
 def load_builtin(name: str, cfg: Config):
@@ -120,7 +141,6 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
     from safetensors.torch import load_file
 
     from framecast.engine.text import BuiltinTextEncoder
-    from framecast.models.registry import model_class
 
     what = what or f"weights {str(path)!r}"
     sd = load_file(str(path))
@@ -128,7 +148,7 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
     if blocks and len(blocks) != cfg.model.num_layers:
         raise CheckpointError(f"{what} have {len(blocks)} transformer blocks but model.num_layers="
                               f"{cfg.model.num_layers}: use model.num_layers={len(blocks)}")
-    model = model_class(cfg.model.kind)(**model_kwargs(cfg))
+    model = new_model(cfg)
     text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
     for prefix, module in (("transformer.", model), ("text_encoder.", text)):
         part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -175,7 +195,11 @@ def build_model(cfg: Config, checkpoint: str | Path | None = None, layers: range
     if layers is not None:
         return build_stage(cfg, checkpoint, layers)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
-    if checkpoint is not None:
+    if checkpoint is not None and cfg.model.kind == "latte":
+        from framecast.engine.latte_checkpoint import load_latte_transformer
+
+        model = load_latte_transformer(Path(checkpoint) / "transformer", dtype=torch.float32)
+    elif checkpoint is not None:
         from framecast.engine.wan_checkpoint import load_wan_transformer
 
         model = load_wan_transformer(Path(checkpoint) / "transformer", dtype=torch.float32)
@@ -224,13 +248,15 @@ def build_text(cfg: Config, checkpoint: str | Path | None = None, dtype: torch.d
     """The text encoder: `.encode(list[str]) -> [B, S, text_dim]`. `dtype`: the UMT5 encoder's
     dtype (None: fp32; diffusers' WanPipeline runs it in the pipeline dtype). The built-in world
     encoder (two embedding tables) always runs in fp32."""
-    from framecast.engine.text import BuiltinTextEncoder, UMT5TextEncoder
+    from framecast.engine.text import BuiltinTextEncoder, T5TextEncoder, UMT5TextEncoder
 
     device = resolve_device(cfg.device)
+    if checkpoint is not None and cfg.text.kind == "t5":
+        return T5TextEncoder(checkpoint, max_length=cfg.text.max_length, device=device, dtype=dtype)
     if checkpoint is not None:
         return UMT5TextEncoder(checkpoint, max_length=cfg.text.max_length, device=device, dtype=dtype)
     if cfg.text.kind != "builtin":
-        raise ConfigError("text.kind=umt5 loads from a checkpoint folder: pass --checkpoint DIR "
+        raise ConfigError(f"text.kind={cfg.text.kind} loads from a checkpoint folder: pass --checkpoint DIR "
                           "(without one only text.kind=builtin is available)")
     if cfg.model.weights:
         text = load_world_text(cfg)
@@ -273,8 +299,13 @@ def build_stage(cfg: Config, checkpoint: str | Path | None, layers: range):
 
     _check_stage_layers(cfg, layers)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.model.dtype]
-    if checkpoint is not None:
+    if checkpoint is not None and cfg.model.kind == "latte":
+        from framecast.engine.latte_checkpoint import load_latte_transformer
+
+        model = load_latte_transformer(Path(checkpoint) / "transformer", dtype, device, layers)
+    elif checkpoint is not None:
         model = load_wan_stage(Path(checkpoint) / "transformer", layers, dtype=dtype, device=device)
+    if checkpoint is not None:
         if len(model.blocks) != cfg.model.num_layers:
             raise CheckpointError(f"checkpoint {checkpoint}: {len(model.blocks)} transformer blocks but "
                                   f"model.num_layers={cfg.model.num_layers}")
@@ -289,7 +320,6 @@ def build_stage(cfg: Config, checkpoint: str | Path | None, layers: range):
 def _world_stage(cfg: Config, layers: range, dtype: torch.dtype, device: torch.device):
     """Stage `layers` from a world weights file's `transformer.*` keys (read as `load_wan_stage`)."""
     from framecast.engine.wan_checkpoint import index_weights, load_stage_weights
-    from framecast.models.registry import model_class
 
     path, what = configured_weights_path(cfg)
     prefix = "transformer."
@@ -299,7 +329,7 @@ def _world_stage(cfg: Config, layers: range, dtype: torch.dtype, device: torch.d
         raise CheckpointError(f"{what} have {len(blocks)} transformer blocks but model.num_layers="
                               f"{cfg.model.num_layers}: use model.num_layers={len(blocks)}")
     with torch.device("meta"):
-        model = model_class(cfg.model.kind)(**model_kwargs(cfg))
+        model = new_model(cfg)
     return load_stage_weights(model, layers, index, dtype, device, what, "world weights")
 
 
@@ -314,7 +344,7 @@ def _random_stage(cfg: Config, layers: range):
 
     cls = model_class(cfg.model.kind)
     with torch.device("meta"):  # which class the blocks are (free: no memory, no random draws)
-        block_type = type(cls(**model_kwargs(cfg)).blocks[0])
+        block_type = type(cls.from_model_config(cfg.model).blocks[0])
 
     def drop(parent, name, module):
         if type(module) is block_type and isinstance(parent, nn.ModuleList) and int(name) not in layers:
@@ -354,12 +384,14 @@ def load_world_text(cfg: Config):
 
 
 def build_vae(cfg: Config, checkpoint: str | Path | None = None):
-    from framecast.engine.vae import IdentityVAE, WanVAE
+    from framecast.engine.vae import FrameVAE, IdentityVAE, WanVAE
 
+    if checkpoint is not None and cfg.vae.kind == "sd":
+        return FrameVAE(Path(checkpoint) / "vae", device=resolve_device(cfg.device))
     if checkpoint is not None:
         return WanVAE(Path(checkpoint) / "vae", device=resolve_device(cfg.device))
     if cfg.vae.kind != "identity":
-        raise ConfigError("vae.kind=wan loads from a checkpoint folder: pass --checkpoint DIR "
+        raise ConfigError(f"vae.kind={cfg.vae.kind} loads from a checkpoint folder: pass --checkpoint DIR "
                           "(without one only vae.kind=identity is available)")
     return IdentityVAE()
 
@@ -381,10 +413,16 @@ def make_attention(cfg: Config):
                             dense_steps=cfg.attention.dense_steps, dense_layers=tuple(cfg.attention.dense_layers))
 
 
-def sampler_factory(cfg: Config) -> Callable[[], Any]:
-    """A function returning a fresh sampler with cfg.sampler.steps timesteps set (one per block)."""
+def sampler_factory(cfg: Config, checkpoint: str | Path | None = None) -> Callable[[], Any]:
+    """A function returning a fresh sampler with cfg.sampler.steps timesteps set (one per block).
+    A checkpoint folder's DDIM options (spacing, offset, betas) come from its scheduler config."""
     from framecast.schedulers.flow import make_sampler
 
-    proto = make_sampler(cfg.sampler.name, shift=cfg.sampler.shift)
+    if checkpoint is not None and cfg.sampler.name == "ddim":
+        from framecast.engine.latte_checkpoint import ddim_for
+
+        proto = ddim_for(_read_json(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config"))
+    else:
+        proto = make_sampler(cfg.sampler.name, shift=cfg.sampler.shift)
     proto.set_timesteps(cfg.sampler.steps)
     return lambda: copy.deepcopy(proto)

@@ -47,7 +47,11 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, folder: str | os.PathLike, overrides: Sequence[str] = (),
-                        preset: str = "wan2.1-t2v-1.3b") -> "Engine":
+                        preset: Optional[str] = None) -> "Engine":
+        """preset None: `latte-1` for a LattePipeline folder, else `wan2.1-t2v-1.3b`."""
+        from framecast.engine.components import checkpoint_preset
+
+        preset = checkpoint_preset(folder) if preset is None else preset
         return cls(load_config(preset, overrides), checkpoint=folder, user_overrides=overrides)
 
     # Components load on first use, each on its own: a DualParal driver needs only the VAE.
@@ -88,7 +92,7 @@ class Engine:
 
     def make_sampler(self):
         from framecast.engine.components import sampler_factory
-        return self._part("sampler", lambda cfg, ckpt: sampler_factory(cfg))()
+        return self._part("sampler", lambda cfg, ckpt: sampler_factory(cfg, ckpt))()
 
     @property
     def device(self) -> torch.device:

@@ -4,6 +4,8 @@
   diffusers' WanPipeline prompt handling (ftfy + HTML unescape + whitespace clean-up; padding to
   `max_length` with an attention mask; embeddings cut to the true length, then zero-padded), so
   framecast and diffusers see the same conditioning.
+- `T5TextEncoder`: transformers' T5 encoder + tokenizer from a local LattePipeline folder, with
+  LattePipeline's prompt handling (see the class).
 - `BuiltinTextEncoder`: a learned word + position embedding over the built-in world's closed
   vocabulary (ships inside the tiny presets' weights). Words outside the vocabulary are an error
   that names them, never silently mapped to <unk>.
@@ -53,6 +55,36 @@ class UMT5TextEncoder:
         # Rows past the true length are zeroed, as diffusers does (the model attends to all S rows).
         keep = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
         return hidden * keep[..., None].to(hidden.dtype)
+
+
+class T5TextEncoder:
+    """T5 encoder from `folder/text_encoder` and its tokenizer from `folder/tokenizer`, as LattePipeline
+    encodes one prompt (and its negative for CFG):
+    - prompts lower-cased and stripped (the pipeline's `clean_caption` needs bs4; without it diffusers
+      falls back to exactly this);
+    - padded to `max_length` (LattePipeline: 120) with an attention mask the encoder sees;
+    - `mask_feature`: every row cut to the first prompt's token count (rows kept as the encoder made
+      them, not zeroed), so the negative prompt's embeddings have the positive's length."""
+
+    def __init__(self, folder: str | Path, max_length: int = 120, device="cpu", dtype=None, mask_feature: bool = True):
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        folder = Path(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        self.encoder = T5EncoderModel.from_pretrained(folder / "text_encoder", **kwargs).to(device).eval()
+        self.max_length, self.mask_feature = max_length, mask_feature
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """prompts (the conditioning prompt first) -> [B, S, d_model]."""
+        tok = self.tokenizer([p.lower().strip() for p in prompts], padding="max_length",
+                             max_length=self.max_length, truncation=True, add_special_tokens=True,
+                             return_attention_mask=True, return_tensors="pt")
+        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+        hidden = self.encoder(ids, attention_mask=mask).last_hidden_state  # (B, max_length, d_model)
+        return hidden[:, :int(mask[0].sum())] if self.mask_feature else hidden
 
 
 class BuiltinTextEncoder(nn.Module):

@@ -8,6 +8,9 @@
   WanPipeline does (`lat / (1/std) + mean`) and decoded one latent frame at a time through the
   VAE's own causal feature cache, so chunked decoding equals `vae.decode` of the whole video and
   memory does not grow with length. The first latent frame gives 1 frame, every later one 4.
+- `FrameVAE` wraps diffusers' `AutoencoderKL` (Stable Diffusion's image VAE, Latte): every latent
+  frame is one video frame, decoded on its own after `(1 / scaling_factor) · lat` (LattePipeline's
+  decode_latents, which decodes frames independently too).
 - `IdentityVAE`: pixel space (the tiny presets): latents are RGB frames in [-1, 1].
 """
 from __future__ import annotations
@@ -90,3 +93,43 @@ class WanDecoder:
                                     first_chunk=self.first))
             self.first = False
         return torch.cat(outs, dim=2).clamp(-1.0, 1.0).float()
+
+
+class FrameVAE:
+    temporal_stride = 1
+
+    def __init__(self, folder: str | Path, device="cpu", dtype=torch.float32):
+        from diffusers import AutoencoderKL
+
+        self.vae = AutoencoderKL.from_pretrained(Path(folder), torch_dtype=dtype).to(device).eval()
+        cfg = self.vae.config
+        self.z_dim = cfg.latent_channels
+        self.spatial_stride = 2 ** (len(cfg.block_out_channels) - 1)  # LattePipeline's vae_scale_factor
+        self.scaling_factor = float(cfg.scaling_factor)
+        self.device = torch.device(device)
+
+    @staticmethod
+    def video_frames(latent_frames: int) -> int:
+        return latent_frames
+
+    @staticmethod
+    def latent_frames(video_frames: int) -> int:
+        return video_frames
+
+    def decoder(self) -> "FrameDecoder":
+        return FrameDecoder(self)
+
+
+class FrameDecoder:
+    """Frame-wise decode: no state between calls (kept as an object for the decoder contract)."""
+
+    def __init__(self, frame_vae: FrameVAE):
+        self.frame_vae = frame_vae
+
+    @torch.no_grad()
+    def decode(self, lat_BCFHW: torch.Tensor) -> torch.Tensor:
+        vae = self.frame_vae.vae
+        lat = lat_BCFHW.to(self.frame_vae.device, vae.dtype)
+        lat = (1 / self.frame_vae.scaling_factor) * lat  # multiply by the reciprocal, as diffusers
+        frames = [vae.decode(lat[:, :, i]).sample for i in range(lat.shape[2])]  # one frame at a time: bounded memory
+        return torch.stack(frames, dim=2).clamp(-1.0, 1.0).float()

@@ -27,7 +27,7 @@ def _add_generate(sub) -> None:
     length.add_argument("--frames", type=int, help="video length in frames")
     p.add_argument("--out", required=True, help="output: NAME.mp4, or DIR/ for numbered PNG frames")
     p.add_argument("--preset", default=None,
-                   help="config preset (default: tiny; wan2.1-t2v-1.3b with --checkpoint)")
+                   help="config preset (default: tiny; with --checkpoint: latte-1 for a Latte folder, else wan2.1-t2v-1.3b)")
     p.add_argument("--checkpoint", default=None, help="local folder in diffusers' Wan layout "
                    "(model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
@@ -74,7 +74,14 @@ def cmd_generate(args) -> int:
     from framecast.engine.engine import Engine
 
     overrides = generate_overrides(args)
-    preset = args.preset or ("wan2.1-t2v-1.3b" if args.checkpoint else "tiny")
+    if args.preset:
+        preset = args.preset
+    elif args.checkpoint:
+        from framecast.engine.components import checkpoint_preset
+
+        preset = checkpoint_preset(args.checkpoint)
+    else:
+        preset = "tiny"
     cfg = load_config(preset, overrides)
     if cfg.parallel.launcher == "torchrun" and "LOCAL_RANK" not in os.environ:
         return spawn_torchrun(["generate", *args.argv], cfg.parallel.workers)  # a one-node job of our own
@@ -323,6 +330,9 @@ def cmd_train(args) -> int:
     if args.vin:  # the VIN recipe (world/vin_training.py builds on world/train.py, so it is picked here)
         from framecast.world.vin_training import run_vin_train
         return run_vin_train(args)
+    if args.vdt:  # VDT's mask-modelled recipe (world/vdt_training.py)
+        from framecast.world.vdt_training import run_vdt_train
+        return run_vdt_train(args)
     from framecast.world.train import run_train
     return run_train(args)
 

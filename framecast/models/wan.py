@@ -224,6 +224,20 @@ class WanModel(nn.Module):
         self.proj_out = nn.Linear(dim, out_channels * math.prod(self.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
+    @staticmethod
+    def config_kwargs(m) -> dict:
+        """Constructor keys from framecast's ModelConfig `m` (model.* of the config)."""
+        return dict(patch_size=tuple(m.patch_size), num_attention_heads=m.num_attention_heads,
+                    attention_head_dim=m.attention_head_dim, in_channels=m.in_channels,
+                    out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim, ffn_dim=m.ffn_dim,
+                    num_layers=m.num_layers, cross_attn_norm=m.cross_attn_norm, qk_norm="rms_norm_across_heads",
+                    eps=m.eps, rope_max_seq_len=m.rope_max_seq_len, num_actions=m.num_actions)
+
+    @classmethod
+    def from_model_config(cls, m) -> "WanModel":
+        """The model framecast's ModelConfig `m` describes (random init)."""
+        return cls(**cls.config_kwargs(m))
+
     # ---- pieces ------------------------------------------------------------------------------
 
     def rope_table(self, frame_positions: torch.Tensor, h: int, w: int, device=None):

@@ -49,7 +49,7 @@ class VinWorker:
         self.vin = build_interface(cfg, checkpoint) if self.options.interface == "learned" else None
         self.layers = frozenset(cfg.vin.layers) if cfg.vin.layers else None  # None: every layer reads Z
         self.runtime = make_attention(cfg)
-        self.make_sampler = sampler_factory(cfg)
+        self.make_sampler = sampler_factory(cfg, checkpoint)
         self.timesteps = self.make_sampler().timesteps  # host: the samplers read it
         self.timesteps_dev = self.timesteps.to(self.device)
 

@@ -57,7 +57,7 @@ class DualParalWorker:
                                  attention=make_attention(cfg),
                                  features=make_cache(cfg, load_calibration(cfg, checkpoint)))
         self.flags = self.stage.features is not None  # a decision flag travels before each pass's hidden states
-        self.make_sampler = sampler_factory(cfg)
+        self.make_sampler = sampler_factory(cfg, checkpoint)
         self.timesteps = self.make_sampler().timesteps  # host: the samplers read it
         self.timesteps_dev = self.timesteps.to(self.device)  # the model's copy, moved once
         self.ring = None

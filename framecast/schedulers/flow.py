@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from framecast.schedulers.ddim import DDIM, ddim_from_diffusers_config
+
 Timestep = Union[torch.Tensor, float, int]
 
 SCHEDULES = ("unipc", "euler")
@@ -331,11 +333,12 @@ class FlowEulerWan(FlowEuler):
         super().__init__(shift, num_train_timesteps, schedule="unipc")
 
 
-SAMPLERS = {"euler": FlowEuler, "euler-wan": FlowEulerWan, "unipc": FlowUniPC}
+SAMPLERS = {"euler": FlowEuler, "euler-wan": FlowEulerWan, "unipc": FlowUniPC, "ddim": DDIM}  # ddim: schedulers/ddim.py
 
 
 def make_sampler(name: str, shift: float, num_train_timesteps: int = 1000):
-    """A sampler by registry name ("euler" | "unipc") with diffusers' defaults otherwise."""
+    """A sampler by registry name ("euler" | "euler-wan" | "unipc" | "ddim") with diffusers' defaults
+    otherwise (ddim: LattePipeline's linear betas 1e-4..2e-2, epsilon; `shift` has no effect on it)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(SAMPLERS))}")
     return SAMPLERS[name](shift=shift, num_train_timesteps=num_train_timesteps)
@@ -371,6 +374,8 @@ def _infer_class(cfg: dict) -> str:
         return "UniPCMultistepScheduler"
     if "shift" in cfg:
         return "FlowMatchEulerDiscreteScheduler"
+    if "set_alpha_to_one" in cfg:
+        return "DDIMScheduler"
     raise ValueError("_class_name missing and the fields match neither "
                      f"{' nor '.join(_CLASSES)}")
 
@@ -379,8 +384,10 @@ def sampler_from_diffusers_config(cfg: dict):
     """Our sampler for a diffusers scheduler config (scheduler_config.json or `scheduler.config`).
     Unsupported classes, options or unknown fields raise ValueError naming the field and value."""
     cls = cfg.get("_class_name") or _infer_class(cfg)
+    if cls == "DDIMScheduler":  # a DDPM-trained model's folder (Latte)
+        return ddim_from_diffusers_config(cfg)
     if cls not in _CLASSES:
-        raise ValueError(f"_class_name={cls!r} is not supported; valid: {', '.join(_CLASSES)}")
+        raise ValueError(f"_class_name={cls!r} is not supported; valid: {', '.join(_CLASSES)}, DDIMScheduler")
     read, fixed, ignored = _CLASSES[cls]
     for key, value in cfg.items():
         if key.startswith("_"):

@@ -101,13 +101,12 @@ class TrainOptions:
 def build(cfg: Config, seed: int) -> nn.ModuleDict:
     """{"transformer": the model.kind family's model, "text_encoder": BuiltinTextEncoder},
     initialised from `seed`."""
-    from framecast.engine.components import model_kwargs
+    from framecast.engine.components import new_model
     from framecast.engine.text import BuiltinTextEncoder
-    from framecast.models.registry import model_class
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_class(cfg.model.kind)(**model_kwargs(cfg))
+        model = new_model(cfg)
         text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
         init_adaln_zero(model)
         # Unit-scale word/position vectors: at the encoder's default std 0.02 the cross-attention
@@ -454,6 +453,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vin", action="store_true",
                         help="fine-tune with a VIN interface module, chunked (--preset tiny-vin; "
                              "framecast/world/vin_training.py, docs/vin.md)")
+    parser.add_argument("--vdt", action="store_true",
+                        help="train a VDT with its spatial-temporal mask modeling, from scratch "
+                             "(--preset tiny-vdt; framecast/world/vdt_training.py)")
     parser.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps")
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the shipped weights")

@@ -1,0 +1,173 @@
+"""Train the VDT family in the built-in world with VDT's spatial-temporal mask modeling.
+
+    framecast train --vdt --preset tiny-vdt --out DIR [--steps N] [--batch B] [--frames F] ...
+
+One step: B world clips of F frames (32×32 pixel-space latents, identity VAE), ONE noise level per
+clip (VDT modulates per video) σ = sigmoid(N(logit_mean, logit_std)), x_σ = (1 − σ)·x0 + σ·noise,
+and per clip a task mask M drawn from VDT's mixture (framecast/models/vdt_tasks.py
+`training_mask`: 20% spatial completion on the patch grid, else predict / backward / interpolate /
+unconditional / animate / random frames uniformly). The model sees x_in = x0·(1 − M) + x_σ·M at
+timestep σ·1000 and the prompt (caption dropout trains the empty prompt for CFG); the loss is the
+flow-matching velocity MSE (v = noise − x0) on the M = 1 positions only.
+
+From scratch, not from the shipped tiny weights: the architectures share almost nothing that
+would carry over — tiny is Wan-shaped (joint 3D attention with RoPE, text cross-attention, one
+shared time projection), VDT factorises attention into temporal and per-frame spatial layers with
+additive sincos positions and reads the prompt only through c. Only the patch embedding, the
+MLPs and the text vectors have matching shapes, and their trained roles differ. `--init-from`
+takes an earlier VDT run's --out (a second stage).
+
+Everything not VDT-specific is the world's recipe: the clip stream (scenes.world_batches), the
+per-step noise generator (train.step_generator), warm-up + cosine learning rate, AdamW with
+grad-norm clipping and the EMA that ships (world/finetune.finetune_loop), save_weights.
+
+Measured (2026-12-06, this 2-core machine while another training run used it, load ≈ 3.5;
+OMP_NUM_THREADS=1; tiny-vdt: 6 blocks, width 128, 2.37M transformer parameters; batch 8 × 8
+frames): 0.95-0.97 s a step (two runs of 20 steps). The tiny model's stages ran at 0.43-0.67 s a
+step on 2 threads (framecast/weights/tiny.json) with about the same work per step; at an
+estimated ≈ 0.6 s a step on 2 free threads (not measured here: the cores were busy) the
+recommended 3,500 steps take ≈ 35 minutes, and --max-minutes 43 stops and saves in time (the EMA
+weights of the steps done) if the machine is slower that day:
+
+    OMP_NUM_THREADS=2 framecast train --vdt --preset tiny-vdt --out /tmp/fc_tiny_vdt --steps 3500 \\
+        --batch 8 --frames 8 --seed 0 --lr 1e-3 --warmup 50 --lr-final 0.1 --offset-prob 0.5 \\
+        --save-every 250 --max-minutes 43
+
+Files in `out/`: weights.safetensors (EMA; keys transformer.*, text_encoder.*: the layout
+model.weights takes with the tiny-vdt preset) and weights.json (command, seed, steps, wall time,
+s/step, losses).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from framecast.config import Config, load_config
+from framecast.models.blocks import run_model
+from framecast.models.conditioning import Conditioning
+from framecast.models.vdt_tasks import mask_input, masked_mse, training_mask
+from framecast.world.finetune import finetune_loop
+from framecast.world.train import TrainOptions, describe_device, save_weights, step_generator
+
+SPATIAL_PROB = 0.2  # VDT: share of training clips with a spatial (completion) mask
+
+
+def build_vdt_nets(cfg: Config, seed: int) -> nn.ModuleDict:
+    """{"transformer": VdtModel, "text_encoder": BuiltinTextEncoder}, initialised from `seed`."""
+    from framecast.engine.text import BuiltinTextEncoder
+    from framecast.models.registry import model_class
+
+    if cfg.model.kind != "vdt":
+        raise ValueError(f"--vdt trains model.kind=vdt (the tiny-vdt preset); got model.kind={cfg.model.kind}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class("vdt").from_model_config(cfg.model)
+        text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)  # unit-scale vectors (its init)
+    return nn.ModuleDict({"transformer": model, "text_encoder": text})
+
+
+def clip_masks(gen: torch.Generator, b: int, f: int, h: int, w: int,
+               patch: tuple[int, int]) -> tuple[list, torch.Tensor]:
+    """(task names, M [B, F, H, W]): one draw of VDT's mixture per clip."""
+    drawn = [training_mask(f, h, w, gen, SPATIAL_PROB, patch) for _ in range(b)]
+    return [name for name, _ in drawn], torch.stack([m for _, m in drawn])
+
+
+def vdt_loss(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainOptions,
+             empty_tokens: torch.Tensor) -> torch.Tensor:
+    """The masked flow-matching loss of one batch (all randomness from `gen`, on the CPU)."""
+    x0 = batch["video"]                                                  # (B, C, F, H, W)
+    b, _, f, h, w = x0.shape
+    model = nets["transformer"]
+    sigma_B = torch.sigmoid(torch.randn(b, generator=gen) * opt.logit_std + opt.logit_mean)
+    noise = torch.randn(x0.shape, generator=gen)
+    drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
+    _, mask_BFHW = clip_masks(gen, b, f, h, w, model.patch_size[1:])
+    dev = x0.device
+    tokens = torch.where(drop_B[:, None].to(dev), empty_tokens, batch["tokens"])
+    sigma_B, noise, mask_BFHW = sigma_B.to(dev), noise.to(dev), mask_BFHW.to(dev)
+    s = sigma_B[:, None, None, None, None]
+    x_in = mask_input(x0, (1 - s) * x0 + s * noise, mask_BFHW)
+    v = run_model(model, x_in, sigma_B * 1000, Conditioning(nets["text_encoder"](tokens)))
+    return masked_mse(v, noise - x0, mask_BFHW)
+
+
+def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
+              opt: TrainOptions | None = None, init_from: str = "", command: str = "", log_every: int = 25,
+              max_seconds: float | None = None, device: str = "cpu") -> dict:
+    """Train (or, with `init_from`, continue from an earlier run's weights) and write out/."""
+    from safetensors.torch import load_file
+
+    from framecast.world.captions import tokenize
+    from framecast.world.scenes import world_batches
+
+    opt = opt or TrainOptions()
+    if cfg.model.kind != "vdt":
+        raise ValueError(f"--vdt trains model.kind=vdt (the tiny-vdt preset); got model.kind={cfg.model.kind}")
+    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
+        raise ValueError("VDT world training is pixel space with the built-in text encoder (the tiny-vdt preset)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    nets = build_vdt_nets(cfg, seed)
+    if init_from:
+        path = Path(init_from) / "weights.safetensors" if Path(init_from).is_dir() else Path(init_from)
+        nets.load_state_dict(load_file(str(path)))  # strict: an earlier VDT run of the same preset
+    nets = nets.to(dev).train()
+    ema = build_vdt_nets(cfg, seed).to(dev).eval().requires_grad_(False)
+    ema.load_state_dict(nets.state_dict())
+    optim = torch.optim.AdamW([{"params": list(nets.parameters()), "scale": 1.0}], lr=opt.lr, betas=(0.9, 0.99),
+                              weight_decay=opt.weight_decay)
+    stream = world_batches(seed, batch, frames, size=cfg.video.height, offset_prob=opt.offset_prob)
+    empty = torch.tensor([tokenize("", max_len=cfg.text.max_length)], device=dev)
+
+    def loss_at(step: int) -> torch.Tensor:
+        clips = {k: v.to(dev) for k, v in next(stream).items()}
+        return vdt_loss(nets, clips, step_generator(seed, step), opt, empty)
+
+    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds,
+                                 checkpoint=lambda: save_weights(ema, out / "weights.safetensors"),
+                                 checkpoint_every=opt.save_every)
+    save_weights(ema, out / "weights.safetensors")
+    tail = losses[-min(len(losses), 50):]
+    meta = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "steps": len(losses),
+            "batch": batch, "frames": frames, "device": describe_device(dev), "wall_s": round(wall, 1),
+            "s_per_step": round(wall / max(1, len(losses)), 3), "final_loss": round(sum(tail) / max(1, len(tail)), 5),
+            "params": sum(p.numel() for p in nets.parameters()), "spatial_prob": SPATIAL_PROB,
+            "options": {k: getattr(opt, k) for k in ("lr", "warmup", "lr_final", "ema_decay", "caption_dropout",
+                                                      "logit_mean", "logit_std", "offset_prob")}}
+    (out / "weights.json").write_text(json.dumps({**meta, "losses": [round(x, 5) for x in losses]}, indent=1) + "\n")
+    return {**meta, "losses": losses}
+
+
+def run_vdt_train(args) -> int:
+    """`framecast train --vdt ...`: the arguments of `framecast train` that apply here."""
+    if args.play or args.resume or args.distill_from or args.vin:
+        raise ValueError("--vdt trains the VDT text model in one run: drop --play, --vin, --resume and --distill-from")
+    if len(args.batch) != 1 or len(args.frames) != 1:
+        raise ValueError("--vdt trains on one clip length: give one --frames and one --batch value")
+    if args.steps < 1 or args.batch[0] < 1 or args.frames[0] < 1:
+        raise ValueError(f"--steps, --batch and --frames must be >= 1, got {args.steps}, {args.batch[0]}, "
+                         f"{args.frames[0]}")
+    if args.logit_std <= 0:
+        raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
+    for name in ("caption_dropout", "lr_final", "offset_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    cfg = load_config(args.preset, args.overrides)
+    opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
+                       lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
+                       offset_prob=args.offset_prob, save_every=args.save_every)
+    prog = Path(sys.argv[0]).name
+    command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
+    meta = train_vdt(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed, opt=opt,
+                     init_from=args.init_from, command=command, log_every=args.log_every, device=args.device,
+                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s ({meta['s_per_step']} s/step) on {meta['device']}; "
+          f"final loss {meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
+    return 0
