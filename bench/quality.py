@@ -66,7 +66,7 @@ def make_engine(row: str, weights: str, vin_weights: str, workers: int, extra: l
     preset, overrides = ROWS[row]
     parallel = []
     if workers > 1 and row.split("-")[0] in WORKER_SCHEDULES:
-        parallel = [f"parallel.workers={workers}", "parallel.launcher=torchrun"]
+        parallel = [f"parallel.workers={workers}", "parallel.launcher=ray"]
     return Engine.from_preset(preset, [f"model.weights={vin_weights if preset == 'tiny-vin' else weights}",
                                        *overrides, *parallel, *extra])
 
@@ -116,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="builtin:tiny", help="weights of the tiny-preset rows")
     ap.add_argument("--vin-weights", default="builtin:tiny-vin", help="weights of the tiny-vin rows")
-    ap.add_argument("--workers", type=int, default=1, help="workers (torchrun) of the dualparal and vin rows")
+    ap.add_argument("--workers", type=int, default=1, help="workers (Ray actors on this machine) of the dualparal and vin rows")
     ap.add_argument("--seconds", type=float, nargs="+", default=[4, 60])
     ap.add_argument("--full-max-seconds", type=float, default=8, help="longest full-schedule video")
     ap.add_argument("--schedules", nargs="+", default=["world", "full", "dualparal", "rollout"], choices=ROWS,

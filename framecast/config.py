@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    kind: str = "wan"  # model family (framecast/models/registry.py); only "wan" ships today
+    kind: str = "wan"  # model family (framecast/models/registry.py): wan, latte, vdt (docs/model-zoo.md)
     weights: str = ""  # "" = random init (init_seed); builtin:NAME = shipped; or a `train --out` folder / .safetensors
     init_seed: int = 0  # seed for random init when no weights are given
     patch_size: List[int] = field(default_factory=lambda: [1, 2, 2])  # (t, h, w) latent patch
@@ -86,7 +86,7 @@ def _schedule_config() -> type:
 
     sections = [(name, schedule_class(name).Options) for name in SCHEDULES]
     cls = make_dataclass("ScheduleConfig", [
-        ("name", str, field(default="full")),  # registry name: full | rollout | dualparal | nfd | vin (see README)
+        ("name", str, field(default="full")),  # registry name: full | rollout | dualparal | nfd | vin | task (see README)
         *[(name, opts, field(default_factory=opts)) for name, opts in sections]])
     cls.__module__ = __name__  # pickled configs (torchrun, Ray) find the class here
     return cls
@@ -343,14 +343,18 @@ def _validate_attention(cfg: Config) -> None:
 
 
 def _validate_cache(cfg: Config) -> None:
-    """cache.kind and every kind's section."""
-    from framecast.models.caches import KINDS
+    """cache.kind and every kind's section, then the selected kind's checks against the whole config."""
+    from framecast.models.caches import KINDS, cache_class
 
     c = cfg.cache
     if c.kind not in KINDS:
         raise ConfigError(f"cache.kind={c.kind!r} is not allowed; choose one of: {', '.join(KINDS)}")
     for kind in (k for k in KINDS if KINDS[k]):
         _check_section(f"cache.{kind}", getattr(c, kind))
+    selected = cache_class(c.kind)
+    problem = selected.check_config(cfg) if selected is not None else None  # e.g. a family it cannot read
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_section(prefix: str, options) -> None:

@@ -1,15 +1,12 @@
 """A random tiny Latte through framecast's schedules (built-in text encoder, pixel space, DDIM):
 the family contract (blocks = spatial+temporal pairs, temporal kv_hook) under DualParal, whose
 W=2 pipeline stages (layer-sharded, with the context K/V cache) must equal W=1 exactly on CPU."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-PROMPT = "a red circle moving right"
+from cli_latents import PROMPT, generate_latents
+
 LATTE = ["model.kind=latte", "model.weights=", "model.num_attention_heads=2", "model.attention_head_dim=8",
          "model.num_layers=3", "model.out_channels=6", "model.latte.sample_size=8", "model.latte.video_length=4",
          "model.latte.cross_attention_dim=0", "sampler.name=ddim", "video.height=16", "video.width=16"]
@@ -18,12 +15,7 @@ DUALPARAL = ["--frames", "10", "--schedule", "dualparal", "--block-frames", "4",
 
 
 def generate(tmp_path: Path, name: str, *extra) -> torch.Tensor:
-    cmd = [sys.executable, "-m", "framecast.launch.cli", "generate", PROMPT, "--out", f"{tmp_path / name}/",
-           "--latents-out", str(tmp_path / f"{name}.pt"), *DUALPARAL, *extra, *LATTE]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(tmp_path / f"{name}.pt")
+    return generate_latents(tmp_path, name, *DUALPARAL, *extra, *LATTE)
 
 
 def test_dualparal_latte_w2_equals_w1(tmp_path):
@@ -45,13 +37,3 @@ def test_full_schedule_per_frame_timesteps_run(tmp_path):
     assert type(model).__name__ == "LatteModel" and len(model.blocks) == 3
     engine.generate(PROMPT, frames=4, seed=1, out=f"{tmp_path}/frames/")
     assert len(list((tmp_path / "frames").glob("*.png"))) == 4
-
-
-@pytest.mark.parametrize("schedule", ["nfd"])
-def test_block_causal_schedules_are_refused(schedule, tmp_path):
-    """Latte has no block-causal attention: a schedule that needs it fails with the reason."""
-    from framecast import Engine
-
-    engine = Engine.from_preset("tiny", LATTE + [f"schedule.name={schedule}", "sampler.steps=2"])
-    with pytest.raises(NotImplementedError, match="masks"):
-        engine.generate(PROMPT, frames=4, seed=1, out=f"{tmp_path}/frames/")

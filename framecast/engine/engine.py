@@ -117,6 +117,7 @@ class Engine:
     def request(self, prompt, **kwargs) -> Request:
         # Action models (NFD play) are trained on the empty prompt: only their schedules accept "".
         kwargs.setdefault("allow_empty_prompt", self.schedule.allows_empty_prompt)
+        kwargs.setdefault("condition_limit", self.schedule.condition_limit())
         return make_request(self.cfg, prompt, **kwargs)
 
     def play_session(self, prompt: str = "", seed: Optional[int] = None, total: Optional[int] = None,
@@ -161,14 +162,19 @@ class Engine:
     # ----------------------------------------------------------------------------------- stream
     def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                seed: Optional[int] = None, negative_prompt: Optional[str] = None,
-               actions: Optional[Sequence] = None, progress: bool = False, cancel=None) -> Iterator[np.ndarray]:
+               actions: Optional[Sequence] = None, progress: bool = False, cancel=None,
+               task: Optional[str] = None, condition=None, mask: Optional[str] = None) -> Iterator[np.ndarray]:
         """Yield uint8 frames [H, W, 3] as they are decoded, for every schedule. `actions`
         (schedules with actions, e.g. nfd): one action per frame (names in
         `world.captions.ACTIONS` or ids); fewer than `frames`: the last one holds for the rest;
         default "none" throughout. `cancel`: a threading.Event; once set, the schedule stops
         between denoising steps (DualParal: between worker calls) and the stream raises
-        `framecast.schedulers.base.Cancelled`."""
-        req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
+        `framecast.schedulers.base.Cancelled`. `task`, `condition`, `mask` (schedule.name=task, VDT's
+        tasks; docs/vdt.md): the task name (default schedule.task.task), its given frames (an .mp4
+        path, a folder of numbered PNGs, or a uint8 array [F, H, W, 3] of video.height x video.width)
+        and, for `complete`, the generated region as a --mask SPEC."""
+        req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt,
+                           task=task, condition=condition, mask=mask)
         ids = self._check(req, actions)
         return self._stream(req, progress, ids, cancel=cancel)
 
@@ -240,13 +246,16 @@ class Engine:
                  seconds: Optional[float] = None, seed: Optional[int] = None,
                  negative_prompt: Optional[str] = None, overwrite: bool = False,
                  progress: bool = False, resume: bool = False,
-                 latents_out: str | os.PathLike | None = None, actions: Optional[Sequence] = None) -> Path:
+                 latents_out: str | os.PathLike | None = None, actions: Optional[Sequence] = None,
+                 task: Optional[str] = None, condition=None, mask: Optional[str] = None) -> Path:
         """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path.
         `latents_out`: also save the final latents [1, C, F, h, w] there (torch.save; for checks —
-        it holds the whole video's latents in memory). `actions`: as in `stream`."""
+        it holds the whole video's latents in memory). `actions`, `task`, `condition`, `mask`: as in
+        `stream` (all checked before the output is opened)."""
         from framecast.engine.video_io import open_video_writer
 
-        req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt)
+        req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt,
+                           task=task, condition=condition, mask=mask)
         self.last_request = req
         ids = self._check(req, actions)
         record = None

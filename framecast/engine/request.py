@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+import numpy as np
 
 from framecast.config import Config
 
@@ -31,6 +33,10 @@ class Request:
     latent_height: int
     latent_width: int
     fps: int
+    # VDT's tasks (schedule.name=task, docs/vdt.md); None / "" for every other schedule
+    task: Optional[str] = None  # the task name; None: the schedule's default (schedule.task.task)
+    condition: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # uint8 [F, H, W, 3]
+    mask: str = ""  # the --mask SPEC of `complete` (framecast/models/vdt_tasks.py)
 
     @property
     def seconds(self) -> float:
@@ -46,8 +52,11 @@ def _positive_int(name: str, value) -> int:
 def make_request(cfg: Config, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                  seed: Optional[int] = None, negative_prompt: Optional[str] = None,
                  height: Optional[int] = None, width: Optional[int] = None,
-                 allow_empty_prompt: bool = False) -> Request:
-    """`allow_empty_prompt`: an action model may run on "" (the play models are trained on it)."""
+                 allow_empty_prompt: bool = False, task: Optional[str] = None, condition=None,
+                 mask: Optional[str] = None, condition_limit: int = 0) -> Request:
+    """`allow_empty_prompt`: an action model may run on "" (the play models are trained on it).
+    `task`, `condition`, `mask`: a VDT task's inputs (framecast/engine/condition.py loads the
+    condition, at most `condition_limit` + 1 frames; the schedule checks what the task needs)."""
     if not isinstance(prompt, str):
         raise RequestError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip() and not allow_empty_prompt:
@@ -90,7 +99,15 @@ def make_request(cfg: Config, prompt, *, frames: Optional[int] = None, seconds: 
     if latent_frames % pt:
         raise RequestError(f"frames={frames} gives {latent_frames} latent frames, not a multiple of the "
                            f"temporal patch {pt}")
+    if task is not None and not isinstance(task, str):
+        raise RequestError(f"task must be a string, got {type(task).__name__}")
+    if mask is not None and not isinstance(mask, str):
+        raise RequestError(f"mask must be a string (a --mask SPEC), got {type(mask).__name__}")
+    if condition is not None:
+        from framecast.engine.condition import load_condition
+
+        condition = load_condition(condition, new_h, new_w, condition_limit)
     return Request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, frames=frames,
                    latent_frames=latent_frames, height=new_h, width=new_w,
                    latent_height=new_h // cfg.vae.spatial_stride, latent_width=new_w // cfg.vae.spatial_stride,
-                   fps=fps)
+                   fps=fps, task=task, condition=condition, mask=mask or "")

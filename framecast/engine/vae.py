@@ -11,12 +11,15 @@
 - `FrameVAE` wraps diffusers' `AutoencoderKL` (Stable Diffusion's image VAE, Latte): every latent
   frame is one video frame, decoded on its own after `(1 / scaling_factor) · lat` (LattePipeline's
   decode_latents, which decodes frames independently too).
-- `IdentityVAE`: pixel space (the tiny presets): latents are RGB frames in [-1, 1].
+- `IdentityVAE`: pixel space (the tiny presets): latents are RGB frames in [-1, 1]. It also
+  encodes (`encode`: uint8 frames -> latents, the exact inverse of decode + `to_uint8`), for the
+  conditions of VDT's tasks (schedule.name=task); the other VAEs only decode here.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -27,6 +30,13 @@ class IdentityVAE:
 
     def decoder(self) -> "IdentityDecoder":
         return IdentityDecoder()
+
+    @staticmethod
+    def encode(frames_FHW3: np.ndarray) -> torch.Tensor:
+        """uint8 frames [F, H, W, 3] -> latents [1, 3, F, H, W] float32, `u / 127.5 - 1`: what
+        `to_uint8(decoder().decode(lat))` maps back to the same uint8 frames exactly."""
+        x = torch.from_numpy(np.ascontiguousarray(frames_FHW3)).float() / 127.5 - 1.0  # (F, H, W, 3)
+        return x.permute(3, 0, 1, 2)[None].contiguous()
 
     @staticmethod
     def video_frames(latent_frames: int) -> int:

@@ -56,6 +56,13 @@ def _add_generate(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--latents-out", default=None,
                    help="also save the final latents (torch.save) to this file, for comparisons")
+    p.add_argument("--task", default=None,
+                   help="VDT's tasks (preset tiny-vdt; docs/vdt.md): predict, backward, interpolate, animate, "
+                        "complete, random (with --condition) or unconditional; sets schedule.name=task")
+    p.add_argument("--condition", default=None,
+                   help="the task's given frames: an .mp4 or a folder of numbered PNGs (RGB, video.height x width)")
+    p.add_argument("--mask", default=None,
+                   help="--task complete: the region to generate, e.g. box:8,8,24,24 or frames:4-7 (docs/vdt.md)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides in dotlist form")
 
 
@@ -66,6 +73,10 @@ def generate_overrides(args) -> list[str]:
              "schedule.dualparal.context_frames": args.context_frames, "sampler.steps": args.steps,
              "schedule.vin.chunk_frames": args.chunk_frames, "schedule.vin.overlap_frames": args.overlap_frames,
              "parallel.ray_address": args.ray_address}
+    if args.task is not None:  # a task is a schedule of its own (framecast/schedulers/task.py)
+        if args.schedule not in (None, "task"):
+            raise ValueError(f"--task runs schedule.name=task; it does not go with --schedule {args.schedule}")
+        flags.update({"schedule.name": "task", "schedule.task.task": args.task})
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
 
@@ -92,6 +103,8 @@ def cmd_generate(args) -> int:
         kwargs["resume"] = True
     if args.latents_out:
         kwargs["latents_out"] = args.latents_out
+    if args.task is not None or args.condition is not None or args.mask is not None:
+        kwargs.update(task=args.task, condition=args.condition, mask=args.mask)
     with Engine(cfg, checkpoint=args.checkpoint, user_overrides=overrides) as engine:
         path = engine.generate(args.prompt, out=args.out, **kwargs)
     wall = time.perf_counter() - start
@@ -283,6 +296,8 @@ def cmd_info(args) -> int:
     print(f"feature caches (cache.kind): {', '.join(KINDS)}")
     from framecast.schedulers.registry import SCHEDULES
     print(f"schedules (schedule.name): {', '.join(SCHEDULES)}")
+    from framecast.launch.family_support import family_lines
+    print("\n".join(family_lines()))
     ray = importlib.util.find_spec("ray")
     if ray is None:
         print("ray: not installed (pip install 'framecast[ray]')")
@@ -294,7 +309,7 @@ def cmd_info(args) -> int:
 
 
 def _add_info(sub) -> None:
-    sub.add_parser("info", help="show versions, device, attention backends and Ray")
+    sub.add_parser("info", help="show versions, device, attention backends, model families and what each runs under, Ray")
 
 
 def _add_eval(sub) -> None:

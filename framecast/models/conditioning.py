@@ -17,3 +17,7 @@ import torch
 class Conditioning:
     text_BSD: torch.Tensor                      # text encoder states [B, S, text_dim]
     actions_BF: Optional[torch.Tensor] = None   # discrete action ids per patched latent frame (play models)
+    # positions [F] of the pass's latent frames in the video (None: 0..F-1). Read by the families whose
+    # temporal positions are added to the hidden states (`absolute_positions`): a DualParal stage gives
+    # them global frame indices, so K/V kept for another window carry positions consistent with it
+    frame_positions: Optional[torch.Tensor] = None

@@ -22,7 +22,8 @@ temporal block; `place` sets which positions the pass's frames have (default 0..
 as diffusers). A `ctx.kv_hook` extends the *temporal* self-attention keys/values (context frames kept
 by another pass, DualParal): K/V are handed to the hook in Wan's token-major layout [B, F·H'W', N, Hd]
 (t-major), so `framecast.parallel.kv_cache` works unchanged; the frames it appends carry the
-positions baked into their hidden states by the pass that produced them (no rotary re-placement).
+positions baked into their hidden states by the pass that produced them (no rotary re-placement:
+a DualParal stage therefore embeds every window at its global frames, `Conditioning.frame_positions`).
 Spatial self-attention is per frame and needs no cache. Spec: shared/methods/model-zoo.md §2.
 
 Shape legend: B batch, C latent channels, F latent frames, H/W latent height/width, h/w patch
@@ -31,7 +32,7 @@ grid (H/p, W/p), L video tokens (F·h·w), S text tokens, N heads, Hd head dim, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -304,6 +305,15 @@ class LatteModel(nn.Module):
     """diffusers' LatteTransformer3DModel: constructor keys are its config keys (defaults: the
     Latte-1 hub config as the spec reads it, unverified)."""
 
+    # What the family is and can do (read by the schedules' and caches' config checks; `framecast info`)
+    summary: ClassVar[str] = "Latte T2V: interleaved spatial / temporal DiT blocks (equal to diffusers)"
+    checkpoints: ClassVar[str] = "LattePipeline folders in diffusers layout (--checkpoint DIR, e.g. maxin-cn/Latte-1)"
+    tasks: ClassVar[tuple[str, ...]] = ()  # text to video only
+    supports_masks: ClassVar[bool] = False  # no attention masks: no block-causal schedule (nfd)
+    reads_interface_tokens: ClassVar[bool] = False  # VIN's global tokens are read only by Wan's blocks
+    adaln_probe: ClassVar[bool] = False  # a block is a spatial+temporal pair: no norm1 / scale_shift_table to probe
+    absolute_positions: ClassVar[bool] = True  # 1-D sin-cos added to the hidden states (Conditioning.frame_positions)
+
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 72, in_channels: int = 4,
                  out_channels: Optional[int] = 8, num_layers: int = 28, dropout: float = 0.0,
                  cross_attention_dim: Optional[int] = 1152, attention_bias: bool = True, sample_size: int = 64,
@@ -418,6 +428,8 @@ class LatteModel(nn.Module):
             mod_BF6D, temb_BFD = mod_N6D.unflatten(0, (b, f)), temb_ND.unflatten(0, (b, f))
         text_BSD = self.caption_projection(cond.text_BSD.to(self.caption_projection.linear_1.weight.dtype))
         frame_pos = torch.arange(f, device=lat_BCFHW.device) if f > 1 else None
+        if cond.frame_positions is not None:  # the pass's frames in the video (a DualParal stage: global)
+            frame_pos = cond.frame_positions.to(lat_BCFHW.device)
         return x_BLD, LatteContext(mod_BF6D=mod_BF6D, temb_BFD=temb_BFD, text_BSD=text_BSD, grid=grid,
                                    frame_pos=frame_pos)
 

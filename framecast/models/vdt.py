@@ -28,9 +28,10 @@ Outside hooks (ctx, set by the caller's `prepare`): the temporal attention of bl
 (t-major, S = F·H'·W') and attends to what it returns — whole extra frames of the same H'×W' grid
 (DualParal's right context, a causal cache) — and reads a frame-level `ctx.mask` (BlockCausal /
 TeacherForcing, applied with one token per frame). Spatial attention is within one frame: it needs
-neither. Positions are absolute and enter the tokens in `embed`, so K/V from a hook keep the
-temporal positions of the pass that computed them; `place` only records the frame layout, which
-the temporal attention checks the hook's key count against.
+neither. Positions are absolute and enter the tokens in `embed` (the pass's frames at
+`Conditioning.frame_positions`, default 0..F-1; a DualParal stage gives global frame indices), so
+K/V from a hook keep the temporal positions of the pass that computed them; `place` only records the
+frame layout, which the temporal attention checks the hook's key count against.
 
 Attention goes through `framecast.models.attention.attention` with kinds "temporal" and
 "spatial" (sparse backends run dense for them: they are patterns over a whole-video token grid).
@@ -53,6 +54,7 @@ from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, at
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.layers import FP32LayerNorm, timestep_embedding
+from framecast.models.vdt_tasks import TASKS
 
 # Parameters whose dotted name contains one of these parts stay fp32 under `cast`: the embedders
 # of c, the modulation layers and the affine temporal norm (the modulation math is fp32, as Wan's).
@@ -246,6 +248,15 @@ class FinalLayer(nn.Module):
 
 class VdtModel(nn.Module):
     _keep_in_fp32_modules = list(KEEP_FP32)
+    # What the family is and can do (read by the schedules' and caches' config checks; `framecast info`)
+    summary: ClassVar[str] = ("VDT: factorised temporal / spatial DiT with mask-modelled tasks "
+                              "(from the paper's spec; text through pooled text states is an engine choice)")
+    checkpoints: ClassVar[str] = "world weights only (`framecast train --vdt --out DIR`, model.weights=DIR)"
+    tasks: ClassVar[tuple[str, ...]] = tuple(TASKS)  # framecast/models/vdt_tasks.py
+    supports_masks: ClassVar[bool] = True  # frame-level BlockCausal / TeacherForcing in temporal attention
+    reads_interface_tokens: ClassVar[bool] = False  # VIN's global tokens are read only by Wan's blocks
+    adaln_probe: ClassVar[bool] = False  # modulation from c, no scale_shift_table / ctx.mod_BF6D to probe
+    absolute_positions: ClassVar[bool] = True  # 1-D sin-cos added in `embed` (Conditioning.frame_positions)
 
     def __init__(self, patch_size=(1, 2, 2), num_attention_heads: int = 16, attention_head_dim: int = 72,
                  in_channels: int = 4, out_channels: Optional[int] = 4, text_dim: int = 64, freq_dim: int = 256,
@@ -342,7 +353,8 @@ class VdtModel(nn.Module):
         x_BFnD = rearrange(x, "(b f) d h w -> b f (h w) d", b=b)
         dim, device = x_BFnD.shape[-1], x_BFnD.device
         pos_nD = sincos_2d(grid[1], grid[2], dim, device)
-        pos_FD = sincos_1d(torch.arange(f, device=device), dim)
+        frames = torch.arange(f) if cond.frame_positions is None else cond.frame_positions  # (DualParal: global)
+        pos_FD = sincos_1d(frames.to(device), dim)
         x_BLD = (x_BFnD + (pos_nD[None, None] + pos_FD[None, :, None]).to(x_BFnD.dtype)).flatten(1, 2)
 
         t = self._timesteps(t, b, f, device)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +178,15 @@ class WanBlock(nn.Module):
 
 class WanModel(nn.Module):
     _keep_in_fp32_modules = list(KEEP_FP32)
+    # What the family is and can do: schedules and feature caches read these in their config checks
+    # (before any work); `framecast info` lists them (docs/model-zoo.md)
+    summary: ClassVar[str] = "Wan2.1 text-to-video DiT, full 3-D attention with RoPE (reference; equal to diffusers)"
+    checkpoints: ClassVar[str] = "Wan folders in diffusers or original Wan-AI layout (--checkpoint DIR); world weights"
+    tasks: ClassVar[tuple[str, ...]] = ()  # mask-modelled tasks (schedule.name=task); none: text to video only
+    supports_masks: ClassVar[bool] = True  # block-causal self-attention masks (schedule.name=nfd)
+    reads_interface_tokens: ClassVar[bool] = True  # VIN's global tokens as extra keys/values (schedule.vin.interface)
+    adaln_probe: ClassVar[bool] = True  # blocks expose norm1, scale_shift_table, ctx.mod_BF6D (cache.kind=teacache)
+    absolute_positions: ClassVar[bool] = False  # rotary positions: a kv_hook's keys are placed by `place`
 
     def __init__(self, patch_size=(1, 2, 2), num_attention_heads: int = 40, attention_head_dim: int = 128,
                  in_channels: int = 16, out_channels: Optional[int] = 16, text_dim: int = 4096,
@@ -296,7 +305,8 @@ class WanModel(nn.Module):
             mod_BF6D = ce.modulation(temb_BFD)
 
         text = ce.text_embedder(text_BSD.to(ce.text_embedder.linear_1.weight.dtype))
-        rope = self.rope_table(torch.arange(grid[0], device=x_BLD.device), grid[1], grid[2])
+        frames = torch.arange(grid[0]) if cond.frame_positions is None else cond.frame_positions
+        rope = self.rope_table(frames.to(x_BLD.device), grid[1], grid[2])
         ctx = WanContext(temb_BFD=temb_BFD, mod_BF6D=mod_BF6D, text_BSD=text, grid=grid, rope_q=rope, rope_k=rope)
         return x_BLD, ctx
 

@@ -3,7 +3,9 @@ block it just ran, and the next block it runs — the older neighbour — attend
 context (DualParal spec §2.5). The cache belongs to the stage, not to the model: the model only
 sees `ctx.kv_hook.extend(layer_id, k, v) -> (k, v)`, called after q/k norm and head split and
 before RoPE, so cached keys are un-roped and take window-local positions in the reader's window
-(the stage sets them with `model.place`, after the window's own keys).
+(the stage sets them with `model.place`, after the window's own keys). Families whose temporal
+positions are added to the hidden states (Latte, VDT: `absolute_positions`) cannot be re-placed: the
+stage embeds their windows at global frame positions instead (docs/model-zoo.md).
 
 Shape legend: B batch (CFG branches), S key tokens, N heads, H head dim.
 """

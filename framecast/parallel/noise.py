@@ -35,6 +35,17 @@ def video_noise(seed: int, shape_1CFHW: tuple) -> torch.Tensor:
     return torch.randn(tuple(shape_1CFHW), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
+def window_noise(seed: int, k: int, shape_1CFHW: tuple) -> torch.Tensor:
+    """The initial noise of window k of a chained schedule (schedule.name=task): window 0's is
+    `video_noise(seed, shape)` (so one window is what the full schedule draws), window k > 0's is
+    drawn from its own generator seeded with a 64-bit hash of (seed, k): a pure function of
+    (seed, k), whatever the other windows' lengths."""
+    if k == 0:
+        return video_noise(seed, shape_1CFHW)
+    digest = hashlib.blake2b(f"window-noise:{seed}:{k}".encode(), digest_size=8).digest()
+    return video_noise(int.from_bytes(digest, "little"), shape_1CFHW)
+
+
 def block_seed(seed: int, k: int) -> int:
     """A 64-bit seed for block k's permutation; distinct (seed, k) pairs do not collide in practice."""
     digest = hashlib.blake2b(f"dualparal-noise:{seed}:{k}".encode(), digest_size=8).digest()

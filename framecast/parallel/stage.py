@@ -73,12 +73,17 @@ class StageRunner:
     @torch.no_grad()
     def run(self, x_BCFHW: torch.Tensor, t, text_BSD: torch.Tensor, *, context_frames: int,
             keep_frames: int, use_cache: bool, x_BLD: torch.Tensor | None = None,
-            step: int | None = None, block: int = 0, given: bool | None = None) -> torch.Tensor:
+            step: int | None = None, block: int = 0, given: bool | None = None,
+            first_frame: int = 0) -> torch.Tensor:
         """One block-pass through this stage's layers. The window is [context | own frames];
         returns hidden states (not last) or the model output for the whole window (last).
         step, block: the block's sampler step and index (attention metadata, state keys).
         given: the feature cache's decision for this pass, received from the first stage (later
-        stages); the first stage's own decision is `features.decided` afterwards."""
+        stages); the first stage's own decision is `features.decided` afterwards.
+        first_frame: the window's first latent frame in the video; a family with `absolute_positions`
+        embeds the window at those global positions (so the right-context K/V it keeps for the older
+        neighbour carry the positions that neighbour sees them at), a rotary one at 0.. (its keys are
+        placed by `model.place`, after the window's own)."""
         if not self.first and x_BLD is None:
             raise ValueError("StageRunner.run: a stage after the first needs the received hidden states x_BLD")
 
@@ -86,15 +91,17 @@ class StageRunner:
             f, h, w = ctx.grid
             hook = self.cache.for_item(context_frames * h * w, keep_frames * h * w, keep_frames, use_cache)
             ctx.kv_hook = hook if self.features is None else _Recording(hook, seen)
-            if hook.extra_frames:  # the right context is appended after the window's own keys
-                frames = torch.arange(f + hook.extra_frames, device=x_BCFHW.device)
+            if hook.extra_frames or absolute:  # the right context is appended after the window's own keys
+                frames = torch.arange(f + hook.extra_frames, device=x_BCFHW.device) + (first_frame if absolute else 0)
                 ctx = self.model.place(ctx, frames[:f], frames)
             return ctx
 
         seen: set[int] = set()  # layers whose K/V this pass recorded
         if self.features is not None:
             self.features.given = given
-        out = run_model(self.model, x_BCFHW, t, Conditioning(text_BSD), layers=self.layers,
+        absolute = getattr(self.model, "absolute_positions", False)
+        positions = torch.arange(x_BCFHW.shape[2]) + first_frame if absolute else None
+        out = run_model(self.model, x_BCFHW, t, Conditioning(text_BSD, frame_positions=positions), layers=self.layers,
                         x_BLD=None if self.first else x_BLD, head=self.last, attention=self.attention,
                         step=step, block=block, prepare=prepare, cache=self.features)
         if self.features is not None:

@@ -142,7 +142,7 @@ class DualParalWorker:
         x, t = self._inputs(item)
         return self.stage.run(x, t, self.text, context_frames=item.context_frames, keep_frames=item.keep_kv,
                               use_cache=item.use_kv, x_BLD=x_BLD, step=item.step, block=item.block.index,
-                              given=given)
+                              given=given, first_frame=item.frames.start)
 
     def _flag(self) -> torch.Tensor:
         """The feature cache's decision of the pass just run, as a tensor on this rank's device."""

@@ -69,6 +69,7 @@ class Schedule:
     takes_actions: ClassVar[bool] = False       # per-frame actions (`Engine.stream(..., actions=...)`)
     allows_empty_prompt: ClassVar[bool] = False  # action models are trained on the empty prompt
     resumable: ClassVar[bool] = False  # keeps a resume record beside the output (`--resume`)
+    takes_task: ClassVar[bool] = False  # a VDT task, its condition and mask (`--task`, `--condition`, `--mask`)
 
     def __init__(self, engine: Any, options: Any):
         self.engine, self.options = engine, options
@@ -82,10 +83,21 @@ class Schedule:
         """Raise ValueError (one line) for a request this schedule cannot run; before any work."""
         if actions is not None and not self.takes_actions:
             raise ValueError(f"actions are taken by schedules with actions (nfd), not schedule.name={self.name!r}")
+        if not self.takes_task:
+            given = [n for n, v in (("task", req.task), ("condition", req.condition), ("mask", req.mask or None))
+                     if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} given: VDT's tasks run with schedule.name=task (--task sets it), "
+                                 f"not schedule.name={self.name!r}")
         limit, why = self.max_frames(req)
         if req.frames > limit:
             raise ValueError(f"frames={req.frames} ({req.seconds:g} s) is more than schedule.name={self.name} "
                              f"can make here: at most {limit} frames, because {why}")
+
+    def condition_limit(self) -> int:
+        """Most condition frames a request of this schedule can use (the loader reads one more, so
+        more than this is refused without reading a whole long video); 0 for no condition."""
+        return 0
 
     def max_frames(self, req: "Request") -> tuple[int, str]:
         """(most video frames this schedule can make for requests shaped like `req`, why)."""

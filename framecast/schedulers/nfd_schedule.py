@@ -39,6 +39,11 @@ class NfdSchedule(Schedule):
 
     @classmethod
     def check_config(cls, cfg, options) -> Optional[str]:
+        from framecast.models.registry import model_class  # imports the one family
+
+        if not model_class(cfg.model.kind).supports_masks:
+            return (f"model.kind={cfg.model.kind} cannot run under schedule.name=nfd: the family takes no attention "
+                    f"masks, and nfd attends block-causally over its KV cache")
         if cfg.model.patch_size[0] != 1 or cfg.vae.temporal_stride != 1:
             return (f"schedule.name=nfd generates one video frame at a time: it needs model.patch_size[0]=1 "
                     f"and vae.temporal_stride=1, got {cfg.model.patch_size[0]} and {cfg.vae.temporal_stride}")

@@ -12,6 +12,7 @@ SCHEDULES: dict[str, str] = {
     "dualparal": "framecast.schedulers.dualparal:DualParalSchedule",
     "nfd": "framecast.schedulers.nfd_schedule:NfdSchedule",
     "vin": "framecast.schedulers.vin:VinSchedule",
+    "task": "framecast.schedulers.task:TaskSchedule",
 }
 
 

@@ -174,6 +174,12 @@ class VinSchedule(Schedule):
         problem = worker_config_problem(cfg, cls.name)
         if problem:
             return problem
+        from framecast.models.registry import model_class  # imports the one family
+
+        if options.interface != "none" and not model_class(cfg.model.kind).reads_interface_tokens:
+            return (f"model.kind={cfg.model.kind} cannot run under schedule.name=vin with schedule.vin.interface="
+                    f"{options.interface}: its blocks do not read VIN's interface tokens; "
+                    f"use schedule.vin.interface=none")
         if cfg.cache.kind != "none":
             return f"cache.kind={cfg.cache.kind} does not run under schedule.name=vin yet; use cache.kind=none"
         from framecast.models.attention import BACKENDS  # the registry (imports no backend)

@@ -59,6 +59,12 @@ class FeatureCache:
         self.given: Optional[bool] = None  # the decision received from an earlier stage, for the next pass
         self.decided: Optional[bool] = None  # this stage's decision of the last pass (sent on)
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> Optional[str]:
+        """A one-line problem with the whole config when this kind is selected (e.g. a model family
+        whose blocks it cannot read), or None; checked with the config, before any work."""
+        return None
+
     # ------------------------------------------------------------------------------- lifecycle
     def new_request(self) -> None:
         """Forget every block's state (caches never carry anything from one request to the next)."""

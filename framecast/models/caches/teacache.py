@@ -48,6 +48,15 @@ class TeaCache(FeatureCache):
     Options = TeaCacheOptions
     needs_calibration = True
 
+    @classmethod
+    def check_config(cls, cfg):
+        from framecast.models.registry import model_class  # imports the one family
+
+        if not model_class(cfg.model.kind).adaln_probe:
+            return (f"cache.kind=teacache cannot run with model.kind={cfg.model.kind} (any schedule): its probe reads "
+                    f"Wan's adaLN block internals (norm1, scale_shift_table, ctx.mod_BF6D); use fbcache or magcache")
+        return None
+
     def cached_pass(self, model, x_BLD, ctx, layers, st, step, given):
         o = self.options
 
