@@ -4,7 +4,6 @@ the refusals, global frame positions for families with additive positions, and `
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from cli_latents import PROMPT, generate_latents
 from test_latte_schedules import LATTE
@@ -20,20 +19,10 @@ def vdt_weights(tmp_path_factory) -> list[str]:
     """tiny-vdt overrides with random world weights: a fresh VDT is adaLN-Zero (every block the identity,
     the head zero), so its zero-init layers get random values for every path to carry signal."""
     from framecast.config import load_config
-    from framecast.engine.components import new_model
-    from framecast.engine.text import BuiltinTextEncoder
+    from framecast.world.vdt_training import save_random_vdt
 
-    cfg = load_config("tiny-vdt", VDT)
-    torch.manual_seed(0)
-    model, text = new_model(cfg), BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    state = {f"transformer.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    state.update({f"text_encoder.{k}": v.contiguous() for k, v in text.state_dict().items()})
     folder = tmp_path_factory.mktemp("vdt")
-    save_file(state, str(folder / "weights.safetensors"))
+    save_random_vdt(load_config("tiny-vdt", VDT), folder)
     return VDT + [f"model.weights={folder}"]
 
 

@@ -29,11 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from framecast import Engine  # noqa: E402
 from framecast.config import load_config  # noqa: E402
-from framecast.engine.components import new_model  # noqa: E402
-from framecast.engine.text import BuiltinTextEncoder  # noqa: E402
 from framecast.models.registry import model_class  # noqa: E402
 from framecast.parallel.noise import NoisePool  # noqa: E402
 from framecast.schedulers.dualparal import make_blocks  # noqa: E402
+from framecast.world.vdt_training import save_random_vdt  # noqa: E402
 
 PROMPT = "a red circle moving right"
 FAMILIES = {  # kind -> (preset, overrides): 3 blocks each, random weights
@@ -49,19 +48,8 @@ GEOMETRIES = ((4, 2), (4, 4), (8, 4))  # (N block frames, C context frames)
 
 
 def vdt_weights(overrides: list[str], folder: Path) -> list[str]:
-    """A fresh VDT is adaLN-Zero (blocks identity, head zero): give its zero-init layers random values."""
-    from safetensors.torch import save_file
-
-    cfg = load_config("tiny-vdt", overrides)
-    torch.manual_seed(0)
-    model, text = new_model(cfg), BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    state = {f"transformer.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    state.update({f"text_encoder.{k}": v.contiguous() for k, v in text.state_dict().items()})
-    save_file(state, str(folder / "weights.safetensors"))
+    """A fresh VDT is adaLN-Zero (blocks identity, head zero): random values in its zero-init layers too."""
+    save_random_vdt(load_config("tiny-vdt", overrides), folder)
     return overrides + [f"model.weights={folder}"]
 
 

@@ -23,8 +23,20 @@ import numpy as np
 import torch
 
 
-class IdentityVAE:
+class OneFramePerLatent:
+    """VAEs whose every latent frame is one video frame (no temporal compression)."""
     temporal_stride = 1
+
+    @staticmethod
+    def video_frames(latent_frames: int) -> int:
+        return latent_frames
+
+    @staticmethod
+    def latent_frames(video_frames: int) -> int:
+        return video_frames
+
+
+class IdentityVAE(OneFramePerLatent):
     spatial_stride = 1
     z_dim = 3
 
@@ -37,14 +49,6 @@ class IdentityVAE:
         `to_uint8(decoder().decode(lat))` maps back to the same uint8 frames exactly."""
         x = torch.from_numpy(np.ascontiguousarray(frames_FHW3)).float() / 127.5 - 1.0  # (F, H, W, 3)
         return x.permute(3, 0, 1, 2)[None].contiguous()
-
-    @staticmethod
-    def video_frames(latent_frames: int) -> int:
-        return latent_frames
-
-    @staticmethod
-    def latent_frames(video_frames: int) -> int:
-        return video_frames
 
 
 class IdentityDecoder:
@@ -105,8 +109,7 @@ class WanDecoder:
         return torch.cat(outs, dim=2).clamp(-1.0, 1.0).float()
 
 
-class FrameVAE:
-    temporal_stride = 1
+class FrameVAE(OneFramePerLatent):
 
     def __init__(self, folder: str | Path, device="cpu", dtype=torch.float32):
         from diffusers import AutoencoderKL
@@ -117,14 +120,6 @@ class FrameVAE:
         self.spatial_stride = 2 ** (len(cfg.block_out_channels) - 1)  # LattePipeline's vae_scale_factor
         self.scaling_factor = float(cfg.scaling_factor)
         self.device = torch.device(device)
-
-    @staticmethod
-    def video_frames(latent_frames: int) -> int:
-        return latent_frames
-
-    @staticmethod
-    def latent_frames(video_frames: int) -> int:
-        return video_frames
 
     def decoder(self) -> "FrameDecoder":
         return FrameDecoder(self)

@@ -42,7 +42,7 @@ from torch import nn
 from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import timestep_embedding
+from framecast.models.layers import frame_timesteps, timestep_embedding
 
 ACTIVATIONS = ("gelu-approximate", "gelu", "geglu")
 
@@ -396,16 +396,6 @@ class LatteModel(nn.Module):
         ctx.frame_pos = query_frames
         return ctx
 
-    def _timesteps(self, t, batch: int, frames: int, device) -> torch.Tensor:
-        """-> t as [B] (shared by all frames) or [B, F]."""
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if (t.ndim == 1 and t.shape[0] == batch) or (t.ndim == 2 and tuple(t.shape) == (batch, frames)):
-            return t
-        raise ValueError(f"timestep shape {tuple(t.shape)}: expected [B]=[{batch}] or per latent frame "
-                         f"[B, F]=[{batch}, {frames}]")
-
     def embed(self, lat_BCFHW: torch.Tensor, t, cond: Conditioning) -> tuple[torch.Tensor, LatteContext]:
         """Patchify every frame and build the conditioning. t: [B] or [B, F] (DDPM steps 0..999);
         cond.text_BSD: text encoder states [B, S, caption_channels]."""
@@ -419,7 +409,7 @@ class LatteModel(nn.Module):
         frames = rearrange(lat_BCFHW, "b c f h w -> (b f) c h w").to(self.pos_embed.proj.weight.dtype)
         x_BLD = self.pos_embed(frames).reshape(b, -1, self.dim)       # (B, F·h·w, D), tokens t-major
 
-        t = self._timesteps(t, b, f, lat_BCFHW.device)
+        t = frame_timesteps(t, b, f, lat_BCFHW.device)
         if t.ndim == 1:  # one row per sample, broadcast (a view) over frames: identical numbers to [B]
             mod_B6D, temb_BD = self.adaln_single(t, x_BLD.dtype)
             mod_BF6D, temb_BFD = mod_B6D[:, None].expand(-1, f, -1, -1), temb_BD[:, None].expand(-1, f, -1)

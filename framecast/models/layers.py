@@ -40,6 +40,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 # ---- Wan 3-axis RoPE ---------------------------------------------------------------------------
 
+def frame_timesteps(t, batch: int, frames: int, device) -> torch.Tensor:
+    """A model's timestep argument as [B] (shared by all frames) or [B, F] (per latent frame, F after
+    temporal patching); a scalar is shared by the batch. Any other shape is a one-line error."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if (t.ndim == 1 and t.shape[0] == batch) or (t.ndim == 2 and tuple(t.shape) == (batch, frames)):
+        return t
+    raise ValueError(f"timestep shape {tuple(t.shape)}: expected [B]=[{batch}] or per (patched) latent "
+                     f"frame [B, F]=[{batch}, {frames}]")
+
+
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     """Channels per axis (t, h, w): h = w = 2 * (head_dim // 6), t takes the rest (128 -> 44/42/42)."""
     hw = 2 * (head_dim // 6)

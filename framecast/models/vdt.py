@@ -53,7 +53,7 @@ from torch import nn
 from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import FP32LayerNorm, timestep_embedding
+from framecast.models.layers import FP32LayerNorm, frame_timesteps, timestep_embedding
 from framecast.models.vdt_tasks import TASKS
 
 # Parameters whose dotted name contains one of these parts stay fp32 under `cast`: the embedders
@@ -329,16 +329,6 @@ class VdtModel(nn.Module):
         ctx.query_frames, ctx.key_frames = query_frames, key_frames
         return ctx
 
-    def _timesteps(self, t, batch: int, frames: int, device) -> torch.Tensor:
-        """-> t as [B] (shared by all frames) or [B, F]."""
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if (t.ndim == 1 and t.shape[0] == batch) or (t.ndim == 2 and tuple(t.shape) == (batch, frames)):
-            return t
-        raise ValueError(f"timestep shape {tuple(t.shape)}: expected [B]=[{batch}] or per latent frame "
-                         f"[B, F]=[{batch}, {frames}]")
-
     def embed(self, lat_BCFHW: torch.Tensor, t, cond: Conditioning) -> tuple[torch.Tensor, VdtContext]:
         """Per-frame patches + 2D sincos + 1D sincos temporal positions; c from t (+ label 0, + text).
         t: [B] or [B, F] (sigma·1000); cond.text_BSD: [B, S, text_dim] (read when text_condition)."""
@@ -357,7 +347,7 @@ class VdtModel(nn.Module):
         pos_FD = sincos_1d(frames.to(device), dim)
         x_BLD = (x_BFnD + (pos_nD[None, None] + pos_FD[None, :, None]).to(x_BFnD.dtype)).flatten(1, 2)
 
-        t = self._timesteps(t, b, f, device)
+        t = frame_timesteps(t, b, f, device)
         c_BFD = self.t_embedder(t.reshape(-1)).unflatten(0, (b, -1))       # (B, 1, D) or (B, F, D)
         c_BFD = c_BFD + self.y_embedder(torch.zeros(1, 1, dtype=torch.long, device=device)).to(c_BFD.dtype)
         if self.text_embedder is not None:

@@ -31,7 +31,7 @@ from torch import nn
 from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import FeedForward, FP32LayerNorm, apply_rope, timestep_embedding
+from framecast.models.layers import FeedForward, FP32LayerNorm, apply_rope, frame_timesteps, timestep_embedding
 from framecast.models.layers import rope_table as build_rope_table
 
 # Parameters whose dotted name contains one of these parts stay fp32 under `cast` (diffusers'
@@ -264,16 +264,6 @@ class WanModel(nn.Module):
         ctx.rope_k = ctx.rope_q if key_frames is query_frames else self.rope_table(key_frames, h, w)
         return ctx
 
-    def _timesteps(self, t, batch: int, frames: int, device) -> torch.Tensor:
-        """-> t as [B] (shared by all frames) or [B, F']."""
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if (t.ndim == 1 and t.shape[0] == batch) or (t.ndim == 2 and tuple(t.shape) == (batch, frames)):
-            return t
-        raise ValueError(f"timestep shape {tuple(t.shape)}: expected [B]=[{batch}] or per patched latent "
-                         f"frame [B, F']=[{batch}, {frames}]")
-
     def embed(self, lat_BCFHW: torch.Tensor, t, cond: Conditioning) -> tuple[torch.Tensor, WanContext]:
         """Patchify and build the conditioning. t: [B] or [B, F'] (sigma·1000); cond.text_BSD: encoder
         states [B, S, text_dim]; cond.actions_BF: [B, F'] action ids (needs num_actions > 0) or None."""
@@ -287,7 +277,7 @@ class WanModel(nn.Module):
         x = self.patch_embedding(lat_BCFHW.to(self.patch_embedding.weight.dtype))   # (B, D, F', H', W')
         x_BLD = rearrange(x, "b d f h w -> b (f h w) d").contiguous()  # tokens t-major, then h, then w
 
-        t = self._timesteps(t, b, grid[0], lat_BCFHW.device)
+        t = frame_timesteps(t, b, grid[0], lat_BCFHW.device)
         if actions_BF is not None and self.action_embedder is None:
             raise ValueError("actions given but the model has num_actions=0")
         if t.ndim == 1 and actions_BF is None:

@@ -1,17 +1,54 @@
 """The optimisation loop of the world's fine-tunes that add a module to trained weights (SLA's
 projections: sla_training.py; VIN's interface: vin_training.py): warm-up + cosine learning rate
 (each parameter group scaled by its "scale"), AdamW with grad-norm clipping, the EMA that ships,
-a progress line every `log_every` steps, and a wall-time budget.
+a progress line every `log_every` steps, and a wall-time budget; and `one_stage_run`, what the
+`framecast train` flags of these one-stage recipes (--vin, --vdt) share.
 """
 from __future__ import annotations
 
+import shlex
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from framecast.config import Config, load_config
 from framecast.world.train import TrainOptions, ema_update, lr_at
+
+
+def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, TrainOptions, str]:
+    """The checks and settings a one-stage recipe (`framecast train --vin`, `--vdt`) takes from the
+    parsed `framecast train` arguments: (config, options, the command line for the provenance card).
+    `drop`: the flags (attribute names) this recipe cannot take."""
+    given = [f"--{name.replace('_', '-')}" for name in drop if getattr(args, name)]
+    if given:
+        raise ValueError(f"{flag} trains one stage in one run: drop {', '.join(given)}")
+    if len(args.batch) != 1 or len(args.frames) != 1:
+        raise ValueError(f"{flag} trains on one clip length: give one --frames and one --batch value")
+    if args.steps < 1 or args.batch[0] < 1 or args.frames[0] < 1:
+        raise ValueError(f"--steps, --batch and --frames must be >= 1, got {args.steps}, {args.batch[0]}, "
+                         f"{args.frames[0]}")
+    if args.logit_std <= 0:
+        raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
+    for name in ("caption_dropout", "lr_final", "offset_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    cfg = load_config(args.preset, args.overrides)
+    opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
+                       lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
+                       offset_prob=args.offset_prob, save_every=args.save_every)
+    prog = Path(sys.argv[0]).name
+    command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
+    return cfg, opt, command
+
+
+def report_run(meta: dict, out: str | Path) -> None:
+    """The last line of a training run."""
+    print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s ({meta['s_per_step']} s/step) on {meta['device']}; "
+          f"final loss {meta['final_loss']:.4f}; EMA weights in {Path(out) / 'weights.safetensors'}")
 
 
 def finetune_loop(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,

@@ -40,18 +40,16 @@ s/step, losses).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from framecast.config import Config, load_config
+from framecast.config import Config
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vdt_tasks import mask_input, masked_mse, training_mask
-from framecast.world.finetune import finetune_loop
+from framecast.world.finetune import finetune_loop, one_stage_run, report_run
 from framecast.world.train import TrainOptions, describe_device, save_weights, step_generator
 
 SPATIAL_PROB = 0.2  # VDT: share of training clips with a spatial (completion) mask
@@ -69,6 +67,29 @@ def build_vdt_nets(cfg: Config, seed: int) -> nn.ModuleDict:
         model = model_class("vdt").from_model_config(cfg.model)
         text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)  # unit-scale vectors (its init)
     return nn.ModuleDict({"transformer": model, "text_encoder": text})
+
+
+def save_random_vdt(cfg: Config, folder: str | Path, seed: int = 0, std: float = 0.05) -> Path:
+    """World weights (transformer.*, text_encoder.*) of a random `cfg` VDT whose zero-initialised layers
+    (adaLN-Zero: every fresh block the identity, the head zero) are drawn from N(0, std) too, so every
+    path carries signal: for tests and benches of code paths, not a model. Returns the file."""
+    from safetensors.torch import save_file
+
+    from framecast.engine.components import new_model
+    from framecast.engine.text import BuiltinTextEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, text = new_model(cfg), BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
+        with torch.no_grad():
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(0, std)
+    state = {f"transformer.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    state.update({f"text_encoder.{k}": v.contiguous() for k, v in text.state_dict().items()})
+    path = Path(folder) / "weights.safetensors"
+    save_file(state, str(path))
+    return path
 
 
 def clip_masks(gen: torch.Generator, b: int, f: int, h: int, w: int,
@@ -147,27 +168,9 @@ def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int,
 
 def run_vdt_train(args) -> int:
     """`framecast train --vdt ...`: the arguments of `framecast train` that apply here."""
-    if args.play or args.resume or args.distill_from or args.vin:
-        raise ValueError("--vdt trains the VDT text model in one run: drop --play, --vin, --resume and --distill-from")
-    if len(args.batch) != 1 or len(args.frames) != 1:
-        raise ValueError("--vdt trains on one clip length: give one --frames and one --batch value")
-    if args.steps < 1 or args.batch[0] < 1 or args.frames[0] < 1:
-        raise ValueError(f"--steps, --batch and --frames must be >= 1, got {args.steps}, {args.batch[0]}, "
-                         f"{args.frames[0]}")
-    if args.logit_std <= 0:
-        raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
-    for name in ("caption_dropout", "lr_final", "offset_prob"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    cfg = load_config(args.preset, args.overrides)
-    opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
-                       lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
-                       offset_prob=args.offset_prob, save_every=args.save_every)
-    prog = Path(sys.argv[0]).name
-    command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
+    cfg, opt, command = one_stage_run(args, "--vdt", ("play", "vin", "resume", "distill_from"))
     meta = train_vdt(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed, opt=opt,
                      init_from=args.init_from, command=command, log_every=args.log_every, device=args.device,
                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s ({meta['s_per_step']} s/step) on {meta['device']}; "
-          f"final loss {meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
+    report_run(meta, args.out)
     return 0

@@ -26,20 +26,18 @@ time, losses).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framecast.config import Config, load_config
+from framecast.config import Config
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vin import InterfaceTokens, VinInterface
 from framecast.schedulers.vin import keyframe_every, make_plan
-from framecast.world.finetune import finetune_loop
+from framecast.world.finetune import finetune_loop, one_stage_run, report_run
 from framecast.world.train import TrainOptions, describe_device, load_nets, save_weights, step_generator
 
 VIN_LR_SCALE = 5.0  # the fresh interface module learns faster than the pretrained DiT is moved
@@ -63,8 +61,9 @@ def windows(cfg: Config, frames: int) -> list[range]:
 
 
 def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator, opt: TrainOptions,
-             empty_tokens: torch.Tensor) -> torch.Tensor:
-    """The chunked loss of one batch (all randomness from `gen`, on the CPU)."""
+             empty_tokens: torch.Tensor, interface: bool = True) -> torch.Tensor:
+    """The chunked loss of one batch (all randomness from `gen`, on the CPU). `interface` False: the
+    windows read no tokens (the ablation; the same draws, so losses pair by batch)."""
     x0 = batch["video"]                                                  # (B, C, F, H, W)
     b, _, f = x0.shape[:3]
     sigma_B = torch.sigmoid(torch.randn(b, generator=gen) * opt.logit_std + opt.logit_mean)
@@ -86,10 +85,10 @@ def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator
         n = len(ws)
         x = torch.cat([x_t[:, :, w.start:w.stop] for w in ws])              # (n·B, C, len, H, W), window-major
         target = torch.cat([(noise - x0)[:, :, w.start:w.stop] for w in ws])
-        interface = InterfaceTokens(z_BND.repeat(n, 1, 1), layers)
+        interface_tokens = InterfaceTokens(z_BND.repeat(n, 1, 1), layers)
 
-        def prepare(ctx, interface=interface):
-            ctx.interface = interface
+        def prepare(ctx, tokens=interface_tokens if interface else None):
+            ctx.interface = tokens
             return ctx
 
         v = run_model(nets["transformer"], x, t_B.repeat(n), Conditioning(text_BSD.repeat(n, 1, 1)), prepare=prepare)
@@ -145,25 +144,10 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
 def run_vin_train(args) -> int:
     """`framecast train --vin ...`: the arguments of `framecast train` that apply here."""
-    if args.play or args.resume or args.distill_from:
-        raise ValueError("--vin trains the text model from --init-from in one run: drop --play, --resume and --distill-from")
-    if len(args.batch) != 1 or len(args.frames) != 1:
-        raise ValueError("--vin trains on one clip length: give one --frames and one --batch value")
-    if args.steps < 1 or args.batch[0] < 1:
-        raise ValueError(f"--steps and --batch must be >= 1, got {args.steps} and {args.batch[0]}")
-    for name in ("caption_dropout", "lr_final", "offset_prob"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    cfg = load_config(args.preset, args.overrides)
-    opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
-                       lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
-                       offset_prob=args.offset_prob, save_every=args.save_every)
-    prog = Path(sys.argv[0]).name
-    command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
+    cfg, opt, command = one_stage_run(args, "--vin", ("play", "resume", "distill_from"))
     meta = finetune(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed,
                     init_from=args.init_from or "builtin:tiny", opt=opt, command=command,
                     log_every=args.log_every, device=args.device,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    print(f"{meta['steps']} steps in {meta['wall_s']:.0f} s ({meta['s_per_step']} s/step) on {meta['device']}; "
-          f"final loss {meta['final_loss']:.4f}; EMA weights in {Path(args.out) / 'weights.safetensors'}")
+    report_run(meta, args.out)
     return 0
