@@ -20,7 +20,8 @@ from tiny_vdt import TEXT_DIM
 PROMPT = "a red circle moving right"
 # the shapes of tests/tiny_vdt.py's model, in tiny-vdt's 32x32 pixel space, 2 steps
 TINY = ["model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=8", "model.ffn_dim=32",
-        f"model.text_dim={TEXT_DIM}", "model.freq_dim=16", "model.patch_size=[1,2,2]", "sampler.steps=2"]
+        f"model.text_dim={TEXT_DIM}", "model.freq_dim=16", "model.patch_size=[1,2,2]", "sampler.steps=2",
+        "model.weights="]
 WINDOW = 8  # tiny-vdt's video.frames
 
 

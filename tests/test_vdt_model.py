@@ -190,7 +190,7 @@ def test_engine_schedules_run_a_vdt(schedule):
     from framecast import Engine
 
     small = ["model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=16",
-             "model.ffn_dim=64", "model.text_dim=16", "model.freq_dim=16", "sampler.steps=2",
+             "model.ffn_dim=64", "model.text_dim=16", "model.freq_dim=16", "sampler.steps=2", "model.weights=",
              f"schedule.name={schedule}", "schedule.dualparal.block_frames=4", "schedule.dualparal.context_frames=2"]
     video = np.stack(list(Engine.from_preset("tiny-vdt", small).stream("a red circle moving right", frames=10, seed=0)))
     assert video.shape == (10, 32, 32, 3) and video.dtype == np.uint8

@@ -251,7 +251,7 @@ class VdtModel(nn.Module):
     # What the family is and can do (read by the schedules' and caches' config checks; `framecast info`)
     summary: ClassVar[str] = ("VDT: factorised temporal / spatial DiT with mask-modelled tasks "
                               "(from the paper's spec; text through pooled text states is an engine choice)")
-    checkpoints: ClassVar[str] = "world weights only (`framecast train --vdt --out DIR`, model.weights=DIR)"
+    checkpoints: ClassVar[str] = "world weights only (builtin:tiny-vdt; `framecast train --vdt --out DIR`, model.weights=DIR)"
     tasks: ClassVar[tuple[str, ...]] = tuple(TASKS)  # framecast/models/vdt_tasks.py
     supports_masks: ClassVar[bool] = True  # frame-level BlockCausal / TeacherForcing in temporal attention
     reads_interface_tokens: ClassVar[bool] = False  # VIN's global tokens are read only by Wan's blocks

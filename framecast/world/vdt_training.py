@@ -21,17 +21,12 @@ Everything not VDT-specific is the world's recipe: the clip stream (scenes.world
 per-step noise generator (train.step_generator), warm-up + cosine learning rate, AdamW with
 grad-norm clipping and the EMA that ships (world/finetune.finetune_loop), save_weights.
 
-Measured (2026-12-06, this 2-core machine while another training run used it, load ≈ 3.5;
-OMP_NUM_THREADS=1; tiny-vdt: 6 blocks, width 128, 2.37M transformer parameters; batch 8 × 8
-frames): 0.95-0.97 s a step (two runs of 20 steps). The tiny model's stages ran at 0.43-0.67 s a
-step on 2 threads (framecast/weights/tiny.json) with about the same work per step; at an
-estimated ≈ 0.6 s a step on 2 free threads (not measured here: the cores were busy) the
-recommended 3,500 steps take ≈ 35 minutes, and --max-minutes 43 stops and saves in time (the EMA
-weights of the steps done) if the machine is slower that day:
+The shipped `builtin:tiny-vdt` (provenance: framecast/weights/tiny-vdt.json; its task table:
+docs/vdt.md) came from, 3,000 steps in 42 minutes on one thread (0.84 s a step):
 
-    OMP_NUM_THREADS=2 framecast train --vdt --preset tiny-vdt --out /tmp/fc_tiny_vdt --steps 3500 \\
+    OMP_NUM_THREADS=1 framecast train --vdt --preset tiny-vdt --out /tmp/fc_tiny_vdt --steps 3000 \\
         --batch 8 --frames 8 --seed 0 --lr 1e-3 --warmup 50 --lr-final 0.1 --offset-prob 0.5 \\
-        --save-every 250 --max-minutes 43
+        --save-every 250 --max-minutes 44
 
 Files in `out/`: weights.safetensors (EMA; keys transformer.*, text_encoder.*: the layout
 model.weights takes with the tiny-vdt preset) and weights.json (command, seed, steps, wall time,
