@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import List, Sequence
 
@@ -245,6 +246,9 @@ def load_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> Config:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. sampler.steps=20)")
+        key = item.split("=", 1)[0]
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):  # OmegaConf's own parser fails on some
+            raise ConfigError(f"override {item!r}: {key!r} is not a config key (dotted names, e.g. sampler.steps=20)")
         if item.endswith("="):  # `key=` means the empty string (OmegaConf would read None)
             item += '""'
         try:

@@ -33,6 +33,8 @@ def test_overrides_apply_in_order():
     ("parallel.layer_split=[1,2]", "parallel.layer_split"),
     ("device=tpu", "device='tpu'"),
     ("sampler.steps", "not of the form key=value"),
+    ("[=nan", "'[' is not a config key"),            # OmegaConf's key parser raised IndexError on it
+    ("sampler..steps=3", "'sampler..steps' is not a config key"),
 ])
 def test_bad_overrides_fail_with_one_line(override, needle):
     with pytest.raises(ConfigError) as e:
