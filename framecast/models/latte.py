@@ -42,7 +42,7 @@ from torch import nn
 from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import frame_timesteps, timestep_embedding
+from framecast.models.layers import MLP, frame_timesteps, timestep_embedding
 
 ACTIVATIONS = ("gelu-approximate", "gelu", "geglu")
 
@@ -99,17 +99,6 @@ def sincos_2d(h: int, w: int, dim: int, base_size: int, scale: float, device=Non
 
 
 # ---- modules with diffusers' keys ----------------------------------------------------------
-
-class MLP(nn.Module):
-    """linear_1 -> act -> linear_2 (diffusers' TimestepEmbedding / PixArtAlphaTextProjection keys)."""
-
-    def __init__(self, dim_in: int, dim: int, act: nn.Module):
-        super().__init__()
-        self.linear_1, self.act, self.linear_2 = nn.Linear(dim_in, dim), act, nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(x)))
-
 
 class TimestepEmbedder(nn.Module):
     """PixArt's combined embedder without size conditions: 256-d cos-first sinusoid -> MLP."""

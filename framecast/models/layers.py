@@ -40,6 +40,29 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 # ---- Wan 3-axis RoPE ---------------------------------------------------------------------------
 
+class MLP(nn.Module):
+    """linear_1 -> activation -> linear_2 (diffusers' TimestepEmbedding / PixArtAlphaTextProjection keys)."""
+
+    def __init__(self, dim_in: int, dim: int, act: nn.Module):
+        super().__init__()
+        self.linear_1, self.act, self.linear_2 = nn.Linear(dim_in, dim), act, nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def cast_keeping_fp32(model: nn.Module, dtype: torch.dtype, keep_fp32: tuple[str, ...]) -> nn.Module:
+    """Move `model`'s floating-point parameters to `dtype`, keeping those whose dotted name has a
+    part in `keep_fp32` in fp32 (diffusers' `_keep_in_fp32_modules` under from_pretrained(torch_dtype=...)).
+    Returns the model."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point():
+                keep = any(part in keep_fp32 for part in name.split("."))
+                p.data = p.data.to(torch.float32 if keep else dtype)
+    return model
+
+
 def frame_timesteps(t, batch: int, frames: int, device) -> torch.Tensor:
     """A model's timestep argument as [B] (shared by all frames) or [B, F] (per latent frame, F after
     temporal patching); a scalar is shared by the batch. Any other shape is a one-line error."""

@@ -53,7 +53,7 @@ from torch import nn
 from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import FP32LayerNorm, frame_timesteps, timestep_embedding
+from framecast.models.layers import FP32LayerNorm, cast_keeping_fp32, frame_timesteps, timestep_embedding
 from framecast.models.vdt_tasks import TASKS
 
 # Parameters whose dotted name contains one of these parts stay fp32 under `cast`: the embedders
@@ -370,9 +370,4 @@ class VdtModel(nn.Module):
     def cast(self, dtype: torch.dtype) -> "VdtModel":
         """Move to `dtype`, keeping the KEEP_FP32 parameters (embedders of c, modulation, the
         affine temporal norm) in fp32."""
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.is_floating_point():
-                    keep = any(part in KEEP_FP32 for part in name.split("."))
-                    p.data = p.data.to(torch.float32 if keep else dtype)
-        return self
+        return cast_keeping_fp32(self, dtype, KEEP_FP32)

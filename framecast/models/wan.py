@@ -31,7 +31,8 @@ from torch import nn
 from framecast.models.attention import AttentionCall, AttentionRuntime, Mask, attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import FeedForward, FP32LayerNorm, apply_rope, frame_timesteps, timestep_embedding
+from framecast.models.layers import (MLP, FeedForward, FP32LayerNorm, apply_rope, cast_keeping_fp32, frame_timesteps,
+                                     timestep_embedding)
 from framecast.models.layers import rope_table as build_rope_table
 
 # Parameters whose dotted name contains one of these parts stay fp32 under `cast` (diffusers'
@@ -55,17 +56,6 @@ class WanContext:
     step: Optional[int] = None        # sampler step index, for the attention backend's metadata
     block: int = 0                    # frame block of this pass, for backend state and feature caches
     interface: Any = None             # VIN interface tokens (models/vin.py InterfaceTokens): extra K/V, or None
-
-
-class MLP(nn.Module):
-    """linear_1 -> activation -> linear_2 (diffusers' TimestepEmbedding / PixArtAlphaTextProjection keys)."""
-
-    def __init__(self, dim_in: int, dim: int, act: nn.Module):
-        super().__init__()
-        self.linear_1, self.act, self.linear_2 = nn.Linear(dim_in, dim), act, nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(x)))
 
 
 class WanConditionEmbedder(nn.Module):
@@ -321,9 +311,4 @@ class WanModel(nn.Module):
     def cast(self, dtype: torch.dtype) -> "WanModel":
         """Move to `dtype`, keeping the KEEP_FP32 parameters (time embedder, modulation tables,
         norms) in fp32, as diffusers' from_pretrained(torch_dtype=...) does."""
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.is_floating_point():
-                    keep = any(part in KEEP_FP32 for part in name.split("."))
-                    p.data = p.data.to(torch.float32 if keep else dtype)
-        return self
+        return cast_keeping_fp32(self, dtype, KEEP_FP32)

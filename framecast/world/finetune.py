@@ -6,6 +6,7 @@ a progress line every `log_every` steps, and a wall-time budget; and `one_stage_
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from framecast.config import Config, load_config
-from framecast.world.train import TrainOptions, ema_update, lr_at
+from framecast.world.train import TrainOptions, ema_update, lr_at, save_weights
 
 
 def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, TrainOptions, str]:
@@ -43,6 +44,26 @@ def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, Train
     prog = Path(sys.argv[0]).name
     command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
     return cfg, opt, command
+
+
+def train_and_record(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,
+                     loss_at: Callable[[int], torch.Tensor], steps: int, opt: TrainOptions, out: Path,
+                     about: dict, extra: dict, log_every: int = 25, max_seconds: Optional[float] = None) -> dict:
+    """`finetune_loop` with the EMA saved to out/weights.safetensors every `opt.save_every` steps and
+    at the end, and out/weights.json written: `about` (command, preset, init_from, seed, batch,
+    frames, device), the run's steps, wall time, s/step and final loss (mean of the last 50), the
+    recipe's `extra` fields, the options and every step's loss. Returns that record (losses unrounded)."""
+    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds,
+                                 checkpoint=lambda: save_weights(ema, out / "weights.safetensors"),
+                                 checkpoint_every=opt.save_every)
+    save_weights(ema, out / "weights.safetensors")
+    tail = losses[-min(len(losses), 50):]
+    meta = {**about, "steps": len(losses), "wall_s": round(wall, 1), "s_per_step": round(wall / max(1, len(losses)), 3),
+            "final_loss": round(sum(tail) / max(1, len(tail)), 5), **extra,
+            "options": {k: getattr(opt, k) for k in ("lr", "warmup", "lr_final", "ema_decay", "caption_dropout",
+                                                      "logit_mean", "logit_std", "offset_prob")}}
+    (out / "weights.json").write_text(json.dumps({**meta, "losses": [round(x, 5) for x in losses]}, indent=1) + "\n")
+    return {**meta, "losses": losses}
 
 
 def report_run(meta: dict, out: str | Path) -> None:

@@ -34,7 +34,6 @@ s/step, losses).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -44,8 +43,8 @@ from framecast.config import Config
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vdt_tasks import mask_input, masked_mse, training_mask
-from framecast.world.finetune import finetune_loop, one_stage_run, report_run
-from framecast.world.train import TrainOptions, describe_device, save_weights, step_generator
+from framecast.world.finetune import one_stage_run, report_run, train_and_record
+from framecast.world.train import TrainOptions, describe_device, step_generator
 
 SPATIAL_PROB = 0.2  # VDT: share of training clips with a spatial (completion) mask
 
@@ -146,19 +145,11 @@ def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int,
         clips = {k: v.to(dev) for k, v in next(stream).items()}
         return vdt_loss(nets, clips, step_generator(seed, step), opt, empty)
 
-    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds,
-                                 checkpoint=lambda: save_weights(ema, out / "weights.safetensors"),
-                                 checkpoint_every=opt.save_every)
-    save_weights(ema, out / "weights.safetensors")
-    tail = losses[-min(len(losses), 50):]
-    meta = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "steps": len(losses),
-            "batch": batch, "frames": frames, "device": describe_device(dev), "wall_s": round(wall, 1),
-            "s_per_step": round(wall / max(1, len(losses)), 3), "final_loss": round(sum(tail) / max(1, len(tail)), 5),
-            "params": sum(p.numel() for p in nets.parameters()), "spatial_prob": SPATIAL_PROB,
-            "options": {k: getattr(opt, k) for k in ("lr", "warmup", "lr_final", "ema_decay", "caption_dropout",
-                                                      "logit_mean", "logit_std", "offset_prob")}}
-    (out / "weights.json").write_text(json.dumps({**meta, "losses": [round(x, 5) for x in losses]}, indent=1) + "\n")
-    return {**meta, "losses": losses}
+    about = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "batch": batch,
+             "frames": frames, "device": describe_device(dev)}
+    return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
+        "params": sum(p.numel() for p in nets.parameters()), "spatial_prob": SPATIAL_PROB},
+                            log_every=log_every, max_seconds=max_seconds)
 
 
 def run_vdt_train(args) -> int:

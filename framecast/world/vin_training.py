@@ -25,7 +25,6 @@ time, losses).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -37,8 +36,8 @@ from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vin import InterfaceTokens, VinInterface
 from framecast.schedulers.vin import keyframe_every, make_plan
-from framecast.world.finetune import finetune_loop, one_stage_run, report_run
-from framecast.world.train import TrainOptions, describe_device, load_nets, save_weights, step_generator
+from framecast.world.finetune import one_stage_run, report_run, train_and_record
+from framecast.world.train import TrainOptions, describe_device, load_nets, step_generator
 
 VIN_LR_SCALE = 5.0  # the fresh interface module learns faster than the pretrained DiT is moved
 
@@ -124,22 +123,13 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
         clips = {k: v.to(dev) for k, v in next(stream).items()}
         return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev))
 
-    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds,
-                                 checkpoint=lambda: save_weights(ema, out / "weights.safetensors"),
-                                 checkpoint_every=opt.save_every)
-    save_weights(ema, out / "weights.safetensors")
-    tail = losses[-min(len(losses), 50):]
-    meta = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "steps": len(losses),
-            "batch": batch, "frames": frames, "device": describe_device(dev), "wall_s": round(wall, 1),
-            "s_per_step": round(wall / max(1, len(losses)), 3), "final_loss": round(sum(tail) / max(1, len(tail)), 5),
-            "chunk_frames": cfg.schedule.vin.chunk_frames, "overlap_frames": cfg.schedule.vin.overlap_frames,
-            "vin": {"tokens": cfg.vin.tokens, "heads": cfg.vin.heads, "blocks": cfg.vin.blocks,
-                    "layers": list(cfg.vin.layers)},
-            "params_vin": sum(p.numel() for p in nets["vin"].parameters()),
-            "options": {k: getattr(opt, k) for k in ("lr", "warmup", "lr_final", "ema_decay", "caption_dropout",
-                                                      "logit_mean", "logit_std", "offset_prob")}}
-    (out / "weights.json").write_text(json.dumps({**meta, "losses": [round(x, 5) for x in losses]}, indent=1) + "\n")
-    return {**meta, "losses": losses}
+    about = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "batch": batch,
+             "frames": frames, "device": describe_device(dev)}
+    return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
+        "chunk_frames": cfg.schedule.vin.chunk_frames, "overlap_frames": cfg.schedule.vin.overlap_frames,
+        "vin": {"tokens": cfg.vin.tokens, "heads": cfg.vin.heads, "blocks": cfg.vin.blocks, "layers": list(cfg.vin.layers)},
+        "params_vin": sum(p.numel() for p in nets["vin"].parameters())},
+                            log_every=log_every, max_seconds=max_seconds)
 
 
 def run_vin_train(args) -> int:
