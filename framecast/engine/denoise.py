@@ -38,7 +38,10 @@ def combine_cfg(out_BCFHW: torch.Tensor, guidance: float) -> torch.Tensor:
 class Denoiser:
     def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
                  dtype: torch.dtype, device: torch.device, attention: Optional[AttentionRuntime] = None,
-                 cache=None):
+                 cache=None, camera_1RFHW: Optional[torch.Tensor] = None):
+        # the request's camera rays for the whole video (Plücker [1, R, F, H, W] per latent frame, models/conditioning.py)
+        # or None; each call reads the frames it names (`frames`)
+        self.camera_1RFHW = camera_1RFHW
         self.cache = cache  # a feature cache (framecast.models.caches), fresh per request, or None
         self.attention = AttentionRuntime() if attention is None else attention
         check_backend(self.attention.backend)  # an unknown name fails here, before any model work
@@ -62,12 +65,27 @@ class Denoiser:
     def combine(self, out_BCFHW: torch.Tensor) -> torch.Tensor:
         return combine_cfg(out_BCFHW, self.guidance) if self.cfg else out_BCFHW
 
+    def conditioning(self, text_BSD: torch.Tensor, frames: Optional[range]) -> Conditioning:
+        """The conditioning of a pass over the video's latent frames `frames` (None: all of them)."""
+        camera = self.camera_1RFHW
+        if camera is not None:
+            if frames is None:
+                frames = range(camera.shape[2])
+            camera = camera[:, :, frames.start:frames.stop].to(device=self.device, dtype=self.dtype)
+            camera = camera.expand(text_BSD.shape[0], -1, -1, -1, -1)
+        return Conditioning(text_BSD, camera_BRFHW=camera)
+
     @torch.no_grad()
-    def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None, block: int = 0) -> torch.Tensor:
+    def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None, block: int = 0,
+                 frames: Optional[range] = None) -> torch.Tensor:
         """Guided prediction for latents [1, C, F, H, W] at `t` (scalar or [F]); `step` (the
         sampler step index, if known) and `block` (which frame block of the video this pass is)
-        reach the attention backend's per-call metadata and key the feature cache's state."""
+        reach the attention backend's per-call metadata and key the feature cache's state.
+        `frames`: the video's latent frames this pass holds, in order (None: the whole video);
+        per-frame conditions (the camera) are read for them."""
         x, t, text = self.inputs(lat_1CFHW, t)
-        out = run_model(self.model, x, t, Conditioning(text), attention=self.attention, step=step, block=block,
-                        cache=self.cache)
+        if frames is not None and len(frames) != x.shape[2]:
+            raise ValueError(f"frames={frames} names {len(frames)} latent frames; the pass holds {x.shape[2]}")
+        out = run_model(self.model, x, t, self.conditioning(text, frames), attention=self.attention, step=step,
+                        block=block, cache=self.cache)
         return self.combine(out)

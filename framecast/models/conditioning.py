@@ -21,3 +21,7 @@ class Conditioning:
     # temporal positions are added to the hidden states (`absolute_positions`): a DualParal stage gives
     # them global frame indices, so K/V kept for another window carry positions consistent with it
     frame_positions: Optional[torch.Tensor] = None
+    # camera rays of the pass's latent frames: Plücker embeddings at pixel (decoded-frame) resolution,
+    # [B, R, F, H, W] with R = 6 x vae.temporal_stride (the video frames of each latent frame stacked on
+    # channels), read by a camera adapter (framecast/models/camera.py); None: no camera
+    camera_BRFHW: Optional[torch.Tensor] = None
