@@ -39,8 +39,8 @@ class Denoiser:
     def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
                  dtype: torch.dtype, device: torch.device, attention: Optional[AttentionRuntime] = None,
                  cache=None, camera_1RFHW: Optional[torch.Tensor] = None):
-        # the request's camera rays for the whole video (Plücker [1, R, F, H, W] per latent frame, models/conditioning.py)
-        # or None; each call reads the frames it names (`frames`)
+        # the request's camera rays for the whole video (Plücker [1, R, F, H, W] per latent frame,
+        # models/conditioning.py) or None; each call reads the frames it names (`frames`)
         self.camera_1RFHW = camera_1RFHW
         self.cache = cache  # a feature cache (framecast.models.caches), fresh per request, or None
         self.attention = AttentionRuntime() if attention is None else attention
