@@ -20,7 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from framecast.models.registry import FAMILIES
 from framecast.models.latte import LatteConfig
 from framecast.models.vdt import VdtConfig
+from framecast.models.avdit import AvditConfig
 from framecast.models.vin import VinConfig
+from framecast.models.camera import CameraConfig
 
 
 class ConfigError(ValueError):
@@ -49,6 +51,8 @@ class ModelConfig:
     attn_backend: str = "sdpa"  # attention backend name (see `framecast info`)
     latte: LatteConfig = field(default_factory=LatteConfig)  # model.kind=latte only: Latte's own keys (framecast/models/latte.py)
     vdt: VdtConfig = field(default_factory=VdtConfig)  # model.kind=vdt only: VDT's own keys (framecast/models/vdt.py)
+    # model.kind=avdit only: the engine-defined AV-DiT's keys, not the paper's (framecast/models/avdit.py)
+    avdit: AvditConfig = field(default_factory=AvditConfig)
 
 
 @dataclass
@@ -70,6 +74,17 @@ class SamplerConfig:
     steps: int = 50  # denoising steps per frame
     shift: float = 3.0  # flow sigma shift (Wan: 3.0 at 480p, 5.0 at 720p)
     guidance_scale: float = 5.0  # classifier-free guidance; <= 1 turns CFG off
+
+
+@dataclass
+class AudioConfig:
+    """The soundtrack of audio-video models (model.kind=avdit): the mel codec of framecast/engine/audio.py."""
+
+    sample_rate: int = 16000  # Hz, mono; video.fps must divide it (each frame owns whole samples)
+    n_fft: int = 512  # FFT size of each hop's frame-local window (zero-padded hop; frequency grid only)
+    fmin: float = 0.0  # Hz, lowest mel edge
+    fmax: float = 0.0  # Hz, highest mel edge; 0 = sample_rate / 2
+    db_range: float = 80.0  # dB below a unit sine that the band's -1 stands for (silence floor)
 
 
 @dataclass
@@ -157,11 +172,13 @@ class Config:
     vae: VaeConfig = field(default_factory=VaeConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)  # soundtrack codec of audio-video models (model.kind=avdit)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)  # sparse-backend options (model.attn_backend)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # training-free feature cache (cache.kind; docs/caches.md)
     vin: VinConfig = field(default_factory=VinConfig)  # the learned VIN interface module (schedule.name=vin; docs/vin.md)
+    camera: CameraConfig = field(default_factory=CameraConfig)  # the camera adapter (camera.weights; docs/camera.md)
 
 
 # key -> allowed values, for string fields with a closed set
@@ -182,6 +199,7 @@ MINIMUM = {
     "text.max_length": 1, "vae.temporal_stride": 1, "vae.spatial_stride": 1,
     "sampler.steps": 1, "sampler.shift": 1e-6, "sampler.guidance_scale": 0.0,
     "video.height": 1, "video.width": 1, "video.frames": 1, "video.fps": 1,
+    "audio.sample_rate": 1, "audio.n_fft": 1, "audio.fmin": 0.0, "audio.fmax": 0.0, "audio.db_range": 1.0,
     "parallel.workers": 1, "parallel.timeout_s": 1, "parallel.connect_timeout_s": 0.1, "seed": 0,
 }
 
@@ -254,6 +272,9 @@ def load_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> Config:
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
+            if _node(key) is not None and _moved(key):  # a flat key of earlier versions that names a section now
+                raise ConfigError(f"override {item!r}: the flat key {key} of earlier versions is a section now "
+                                  f"({key}.*, the options of schedule.name={key.split('.')[1]}){_moved(key)}") from None
             raise ConfigError(_one_line(e, f"override {item!r}")) from None
         except (yaml.YAMLError, UnicodeError) as e:  # the value is parsed as YAML: ":" or control characters
             msg = " ".join(str(e).split())[:160]
@@ -308,6 +329,17 @@ def validate(cfg: Config) -> None:
     _validate_attention(cfg)
     _validate_cache(cfg)
     _check_section("vin", cfg.vin)
+    _check_section("model.avdit", cfg.model.avdit)
+    if m.kind == "avdit" and cfg.audio.sample_rate % cfg.video.fps:
+        raise ConfigError(f"video.fps={cfg.video.fps} does not divide audio.sample_rate={cfg.audio.sample_rate}: "
+                          f"model.kind=avdit needs whole audio samples per frame (e.g. fps 8, 10, 16, 20, 25)")
+    _check_section("camera", cfg.camera)
+    if cfg.camera.weights:
+        from framecast.models.camera import camera_problem
+
+        problem = camera_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
     if cfg.parallel.layer_split:
         split = list(cfg.parallel.layer_split)
         if len(split) != cfg.parallel.workers or sum(split) != m.num_layers or min(split) < 1:

@@ -17,7 +17,7 @@ def make_sampler(kind=FlowEuler):
 def per_frame_denoiser(calls):
     """A velocity that depends only on each frame's own latents and timestep (no mixing across
     frames): then the order frames are denoised in cannot change the result."""
-    def denoise(lat_1CFHW, t, step=None, block=0):
+    def denoise(lat_1CFHW, t, step=None, block=0, frames=None):
         t_F = torch.as_tensor(t, dtype=torch.float32).expand(lat_1CFHW.shape[2])
         calls.append(t_F.clone())
         return torch.tanh(lat_1CFHW) * (1 + t_F / 1000)[None, None, :, None, None] - 0.2
@@ -45,7 +45,7 @@ def test_each_pass_moves_only_its_frames():
     lat = torch.randn(1, 3, 5, 4, 4, generator=torch.Generator().manual_seed(1))
     seen = []
 
-    def denoise(x, t, step=None, block=0):
+    def denoise(x, t, step=None, block=0, frames=None):
         seen.append(x.clone())
         return torch.ones_like(x)
 

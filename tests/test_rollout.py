@@ -19,7 +19,7 @@ def make_sampler(kind=FlowEuler):
 def per_frame_denoiser(calls):
     """A velocity from each frame's own latents and timestep only: then the order frames are made
     in cannot change the result (a small copy of test_full_schedule's)."""
-    def denoise(lat_1CFHW, t, step=None, block=0):
+    def denoise(lat_1CFHW, t, step=None, block=0, frames=None):
         t_F = torch.as_tensor(t, dtype=torch.float32).expand(lat_1CFHW.shape[2])
         calls.append((lat_1CFHW.clone(), t_F.clone()))
         return torch.tanh(lat_1CFHW) * (1 + t_F / 1000)[None, None, :, None, None] - 0.2

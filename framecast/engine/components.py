@@ -149,6 +149,10 @@ def load_world_weights(path: str | Path, cfg: Config, what: str = ""):
         raise CheckpointError(f"{what} have {len(blocks)} transformer blocks but model.num_layers="
                               f"{cfg.model.num_layers}: use model.num_layers={len(blocks)}")
     model = new_model(cfg)
+    check = getattr(model, "weights_problem", None)  # a family's own one-line reading of a key set (avdit)
+    problem = check({k[len("transformer."):] for k in sd if k.startswith("transformer.")}) if check else None
+    if problem:
+        raise CheckpointError(f"{what}: {problem}")
     text = BuiltinTextEncoder(cfg.model.text_dim, cfg.text.max_length)
     for prefix, module in (("transformer.", model), ("text_encoder.", text)):
         part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -207,6 +211,10 @@ def build_model(cfg: Config, checkpoint: str | Path | None = None, layers: range
         model, _ = load_configured_weights(cfg)
     else:
         model = _random_model(cfg)
+    if cfg.camera.weights:  # the camera adapter on the model's token embedding (models/camera.py)
+        from framecast.models.camera import CameraModel, load_camera_adapter
+
+        model = CameraModel(model, load_camera_adapter(cfg))
     model = model.cast(dtype) if dtype != torch.float32 else model
     return model.to(device).eval()
 

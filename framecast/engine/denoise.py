@@ -63,7 +63,14 @@ class Denoiser:
         return x, t, self.text_BSD
 
     def combine(self, out_BCFHW: torch.Tensor) -> torch.Tensor:
-        return combine_cfg(out_BCFHW, self.guidance) if self.cfg else out_BCFHW
+        if not self.cfg:
+            return out_BCFHW
+        rows = getattr(self.model, "band_rows", 0)  # an audio band below the video rows (model.kind=avdit)
+        if not rows:
+            return combine_cfg(out_BCFHW, self.guidance)
+        # the band takes its own guidance: CFG's extrapolation overshoots log-mel levels (docs/avdit.md)
+        return torch.cat([combine_cfg(out_BCFHW[..., :-rows, :], self.guidance),
+                          combine_cfg(out_BCFHW[..., -rows:, :], self.model.audio_guidance)], dim=-2)
 
     def conditioning(self, text_BSD: torch.Tensor, frames: Optional[range]) -> Conditioning:
         """The conditioning of a pass over the video's latent frames `frames` (None: all of them)."""

@@ -1,4 +1,5 @@
-"""What a user calls: `Engine.generate(...)` writes a video file, `Engine.stream(...)` yields frames.
+"""What a user calls: `Engine.generate(...)` writes a video file, `Engine.stream(...)` yields frames
+(with their audio chunks, for models that make sound).
 
     from framecast import Engine
     engine = Engine.from_preset("tiny")                       # built-in default, no download
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from framecast.config import Config, load_config
-from framecast.engine.request import Request, make_request
+from framecast.engine.request import Request, RequestError, make_request
 
 
 class Engine:
@@ -76,6 +77,41 @@ class Engine:
     def vae(self):
         from framecast.engine.components import build_vae
         return self._part("vae", build_vae)
+
+    @property
+    def produces_audio(self) -> bool:
+        """Whether the model family makes a soundtrack (its latents carry an audio band below the
+        video rows; framecast/engine/audio.py)."""
+        from framecast.models.registry import model_class
+        return getattr(model_class(self.cfg.model.kind), "produces_audio", False)
+
+    @property
+    def audio_codec(self):
+        """The codec of the audio band (families that make sound), built once."""
+        from framecast.engine.audio import codec_for
+        return self._part("audio_codec", lambda cfg, ckpt: codec_for(cfg))
+
+    def decoder(self, audio: bool = False):
+        """A fresh decode state for one video (framecast/engine/vae.py SoundDecoder): `decode(lat)`
+        -> (video, audio [F, samples_per_frame] or None); `audio` False drops a sound model's band."""
+        from framecast.engine.vae import SoundDecoder
+
+        return SoundDecoder(self.vae.decoder(), self.audio_codec if self.produces_audio else None, audio)
+
+    def _audio(self, audio: Optional[bool]) -> bool:
+        """The request's audio flag (None: the model's default, sound for the families that make it),
+        checked before any model work or output."""
+        if audio is not None and not isinstance(audio, bool):
+            raise RequestError(f"audio must be True, False or None, got {audio!r}")
+        if audio and not self.produces_audio:
+            from framecast.models.registry import FAMILIES, model_class
+
+            makers = [k for k in FAMILIES if getattr(model_class(k), "produces_audio", False)]
+            raise RequestError(f"audio was asked for but model.kind={self.cfg.model.kind} makes no sound; the families "
+                               f"that do: {', '.join(makers) or 'none'} (e.g. --preset tiny-av)")
+        if self.produces_audio:
+            self.audio_codec  # noqa: B018 - a codec that does not fit the latent fails here, before any work
+        return self.produces_audio if audio is None else audio
 
     @property
     def attention(self):
@@ -163,8 +199,12 @@ class Engine:
     def stream(self, prompt, *, frames: Optional[int] = None, seconds: Optional[float] = None,
                seed: Optional[int] = None, negative_prompt: Optional[str] = None,
                actions: Optional[Sequence] = None, progress: bool = False, cancel=None,
-               task: Optional[str] = None, condition=None, mask: Optional[str] = None) -> Iterator[np.ndarray]:
-        """Yield uint8 frames [H, W, 3] as they are decoded, for every schedule. `actions`
+               task: Optional[str] = None, condition=None, mask: Optional[str] = None,
+               camera=None, audio: Optional[bool] = None) -> Iterator:
+        """Yield uint8 frames [H, W, 3] as they are decoded, for every schedule; for models that make
+        sound (`produces_audio`) and `audio` None or True, (frame, audio chunk float32 [spf]) pairs,
+        spf = audio sample rate / fps samples of mono sound per frame (audio=False: frames only;
+        True on a model without sound: a one-line RequestError before any work). `actions`
         (schedules with actions, e.g. nfd): one action per frame (names in
         `world.captions.ACTIONS` or ids); fewer than `frames`: the last one holds for the rest;
         default "none" throughout. `cancel`: a threading.Event; once set, the schedule stops
@@ -172,11 +212,13 @@ class Engine:
         `framecast.schedulers.base.Cancelled`. `task`, `condition`, `mask` (schedule.name=task, VDT's
         tasks; docs/vdt.md): the task name (default schedule.task.task), its given frames (an .mp4
         path, a folder of numbered PNGs, or a uint8 array [F, H, W, 3] of video.height x video.width)
-        and, for `complete`, the generated region as a --mask SPEC."""
+        and, for `complete`, the generated region as a --mask SPEC. `camera` (models with a camera
+        adapter, camera.weights; docs/camera.md): a move ('pan-left:2'), a pose file (pathlib.Path) or
+        Poses (framecast/models/camera_poses.py), at least one pose per frame."""
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt,
-                           task=task, condition=condition, mask=mask)
+                           task=task, condition=condition, mask=mask, camera=camera)
         ids = self._check(req, actions)
-        return self._stream(req, progress, ids, cancel=cancel)
+        return self._stream(req, progress, ids, cancel=cancel, audio=self._audio(audio))
 
     def _check(self, req: Request, actions: Optional[Sequence]) -> Optional[list[int]]:
         """Everything about a request that can fail before any model work; the action ids."""
@@ -188,19 +230,23 @@ class Engine:
             from framecast.engine.play_session import action_id
 
             ids = [action_id(a) for a in actions]
+        if req.camera is not None and not self.cfg.camera.weights:
+            raise ValueError("a camera was given but the model has no camera adapter (camera.weights is empty): "
+                             "set camera.weights to a trained adapter (framecast train --camera; docs/camera.md)")
         self.schedule.check(req, ids)
         return ids
 
     def _stream(self, req: Request, progress: bool, actions: Optional[list[int]], record=None,
-                sink=None, cancel=None) -> Iterator[np.ndarray]:
+                sink=None, cancel=None, audio: bool = False) -> Iterator:
         from framecast.engine.video_io import to_uint8
 
-        decoder = self.vae.decoder()
+        decoder = self.decoder(audio)
         for lat in self.schedule.latents(req, actions, progress, record, cancel):
             if sink is not None:
                 sink.append(lat.float().cpu())
-            video = decoder.decode(lat)[0]  # (3, f, H, W)
-            yield from to_uint8(video)
+            video, wave = decoder.decode(lat)  # (1, 3, f, H, W), (f, spf) or None
+            frames = to_uint8(video[0])
+            yield from frames if wave is None else zip(frames, wave.numpy())
 
     def check_prompt(self, req: Request) -> None:
         """Fail before any work on prompts the text encoder cannot take (the built-in encoder's
@@ -211,9 +257,10 @@ class Engine:
             for p in (req.prompt, req.negative_prompt):
                 tokenize(p, max_len=self.cfg.text.max_length)
 
-    def denoiser(self, prompt: str, negative_prompt: str, cache="configured"):
+    def denoiser(self, prompt: str, negative_prompt: str, cache="configured", camera=None):
         """The guided model call for these prompts (CFG per sampler.guidance_scale), with a fresh
-        feature cache of `cache.kind` (or the `cache` given: an object, or None for none)."""
+        feature cache of `cache.kind` (or the `cache` given: an object, or None for none) and the
+        request's camera rays `camera` ([1, R, F', H, W], `camera_rays`; None: no camera)."""
         from framecast.engine.denoise import Denoiser, cfg_prompts
 
         g = self.cfg.sampler.guidance_scale
@@ -222,7 +269,16 @@ class Engine:
         if isinstance(cache, str):  # "configured"
             cache = self.feature_cache()
         return Denoiser(self.model, text[:1], uncond, g, self.dtype, self.device,
-                        attention=self.attention.for_request(), cache=cache)
+                        attention=self.attention.for_request(), cache=cache, camera_1RFHW=camera)
+
+    def camera_rays(self, req: Request) -> Optional[torch.Tensor]:
+        """The request's Plücker camera rays per latent frame [1, R, F', H, W] (models/camera.py), or
+        None when it has no camera."""
+        if req.camera is None:
+            return None
+        from framecast.models.camera import camera_rays
+
+        return camera_rays(req.camera, self.cfg.vae.temporal_stride, req.height, req.width)
 
     def cache_calibration(self):
         """The checked calibration of cache.kind (teacache, magcache; None for the others), loaded
@@ -236,10 +292,16 @@ class Engine:
         return make_cache(self.cfg, self.cache_calibration())
 
     def initial_latents(self, req: Request) -> torch.Tensor:
-        from framecast.parallel.noise import video_noise
+        """[1, C, F, h, w] noise; for models that make sound the AV latent [1, C, F, h + band_rows, w],
+        its band rows below the video from a noise stream of their own (parallel/noise.py)."""
+        from framecast.parallel.noise import band_noise, video_noise
 
-        return video_noise(req.seed, (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height,
-                                      req.latent_width))
+        shape = (1, self.cfg.model.in_channels, req.latent_frames, req.latent_height, req.latent_width)
+        lat = video_noise(req.seed, shape)
+        if self.produces_audio:
+            band = band_noise(req.seed, shape[:3] + (self.audio_codec.band_rows, shape[4]))
+            lat = torch.cat([lat, band], dim=3)
+        return lat
 
     # --------------------------------------------------------------------------------- generate
     def generate(self, prompt, *, out: str | os.PathLike, frames: Optional[int] = None,
@@ -247,17 +309,20 @@ class Engine:
                  negative_prompt: Optional[str] = None, overwrite: bool = False,
                  progress: bool = False, resume: bool = False,
                  latents_out: str | os.PathLike | None = None, actions: Optional[Sequence] = None,
-                 task: Optional[str] = None, condition=None, mask: Optional[str] = None) -> Path:
+                 task: Optional[str] = None, condition=None, mask: Optional[str] = None, camera=None,
+                 audio: Optional[bool] = None) -> Path:
         """Write the video to `out` (NAME.mp4, or a folder of PNGs for `DIR/`); return its path.
         `latents_out`: also save the final latents [1, C, F, h, w] there (torch.save; for checks —
-        it holds the whole video's latents in memory). `actions`, `task`, `condition`, `mask`: as in
-        `stream` (all checked before the output is opened)."""
+        it holds the whole video's latents in memory). `actions`, `task`, `condition`, `mask`, `camera`:
+        as in `stream` (all checked before the output is opened). `audio` (None: the model's default):
+        the soundtrack of a model that makes sound, as the mp4's AAC track or DIR/audio.wav."""
         from framecast.engine.video_io import open_video_writer
 
         req = self.request(prompt, frames=frames, seconds=seconds, seed=seed, negative_prompt=negative_prompt,
-                           task=task, condition=condition, mask=mask)
+                           task=task, condition=condition, mask=mask, camera=camera)
         self.last_request = req
         ids = self._check(req, actions)
+        audio = self._audio(audio)
         record = None
         if self.schedule.resumable:
             from framecast.engine.resume import ResumeRecord
@@ -272,14 +337,16 @@ class Engine:
             # its resume point (or a later one this run saved) for another --resume.
             if resume:
                 record.check()
-            writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume)
+            writer = open_video_writer(out, fps=req.fps, overwrite=overwrite or resume,
+                                       audio_rate=self.audio_codec.sample_rate if audio else None)
             if record is not None and not resume:
                 record.create()
             sink = [] if latents_out is not None else None
             try:
                 with tqdm(total=req.frames, desc="frames", unit="frame", disable=not progress) as bar:
-                    for frame in self._stream(req, progress, ids, record, sink):
-                        writer.write(frame)
+                    for item in self._stream(req, progress, ids, record, sink, audio=audio):
+                        frame, chunk = item if audio else (item, None)
+                        writer.write(frame, chunk)
                         bar.update()
             except BaseException:
                 writer.abort()

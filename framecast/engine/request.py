@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class Request:
     task: Optional[str] = None  # the task name; None: the schedule's default (schedule.task.task)
     condition: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # uint8 [F, H, W, 3]
     mask: str = ""  # the --mask SPEC of `complete` (framecast/models/vdt_tasks.py)
+    # the camera path (framecast/models/camera_poses.Poses, one pose per video frame) or None: no camera
+    camera: Optional[Any] = field(default=None, compare=False, repr=False)
 
     @property
     def seconds(self) -> float:
@@ -53,10 +55,12 @@ def make_request(cfg: Config, prompt, *, frames: Optional[int] = None, seconds: 
                  seed: Optional[int] = None, negative_prompt: Optional[str] = None,
                  height: Optional[int] = None, width: Optional[int] = None,
                  allow_empty_prompt: bool = False, task: Optional[str] = None, condition=None,
-                 mask: Optional[str] = None, condition_limit: int = 0) -> Request:
+                 mask: Optional[str] = None, condition_limit: int = 0, camera=None) -> Request:
     """`allow_empty_prompt`: an action model may run on "" (the play models are trained on it).
     `task`, `condition`, `mask`: a VDT task's inputs (framecast/engine/condition.py loads the
-    condition, at most `condition_limit` + 1 frames; the schedule checks what the task needs)."""
+    condition, at most `condition_limit` + 1 frames; the schedule checks what the task needs).
+    `camera`: a move ('pan-left:2'), a pose file (pathlib.Path) or Poses (framecast/models/camera_poses.py),
+    resolved to one pose per video frame."""
     if not isinstance(prompt, str):
         raise RequestError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip() and not allow_empty_prompt:
@@ -107,7 +111,11 @@ def make_request(cfg: Config, prompt, *, frames: Optional[int] = None, seconds: 
         from framecast.engine.condition import load_condition
 
         condition = load_condition(condition, new_h, new_w, condition_limit)
+    if camera is not None:
+        from framecast.models.camera_poses import resolve_camera
+
+        camera = resolve_camera(camera, frames, new_h, new_w)
     return Request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, frames=frames,
                    latent_frames=latent_frames, height=new_h, width=new_w,
                    latent_height=new_h // cfg.vae.spatial_stride, latent_width=new_w // cfg.vae.spatial_stride,
-                   fps=fps, task=task, condition=condition, mask=mask or "")
+                   fps=fps, task=task, condition=condition, mask=mask or "", camera=camera)

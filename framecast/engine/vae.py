@@ -14,6 +14,8 @@
 - `IdentityVAE`: pixel space (the tiny presets): latents are RGB frames in [-1, 1]. It also
   encodes (`encode`: uint8 frames -> latents, the exact inverse of decode + `to_uint8`), for the
   conditions of VDT's tasks (schedule.name=task); the other VAEs only decode here.
+- `SoundDecoder`: what the Engine decodes with, for every family: a VAE's decoder, plus, for the
+  families that make sound, the split of the AV latent's audio band to the codec (framecast/engine/audio.py).
 """
 from __future__ import annotations
 
@@ -138,3 +140,33 @@ class FrameDecoder:
         lat = (1 / self.frame_vae.scaling_factor) * lat  # multiply by the reciprocal, as diffusers
         frames = [vae.decode(lat[:, :, i]).sample for i in range(lat.shape[2])]  # one frame at a time: bounded memory
         return torch.stack(frames, dim=2).clamp(-1.0, 1.0).float()
+
+
+class SoundDecoder:
+    """One video's decode state for every model family: the latent's video rows through the video
+    VAE's decoder; for families that make sound (`produces_audio`: the AV latent
+    [B, C, F, H + band_rows, W]) the last `codec.band_rows` rows are the audio band, decoded by the
+    codec (framecast/engine/audio.py) with the absolute index of the block's first frame, so
+    decoding block by block gives exactly the samples of decoding all at once.
+
+    `decode(lat)` -> (video [B, 3, F', H', W'], audio float32 [F, samples_per_frame] or None).
+    codec None: no band (audio-less families); with a codec and `audio=False` the band is dropped.
+    """
+
+    def __init__(self, video_decoder, codec=None, audio: bool = False):
+        self.video, self.codec, self.audio = video_decoder, codec, audio and codec is not None
+        self.frame = 0  # latent frames decoded so far: the next block's first frame
+
+    def decode(self, lat_BCFHW: torch.Tensor):
+        if self.codec is None:
+            return self.video.decode(lat_BCFHW), None
+        rows, f = self.codec.band_rows, lat_BCFHW.shape[2]
+        video = self.video.decode(lat_BCFHW[:, :, :, :-rows])
+        wave = None
+        if self.audio:
+            if video.shape[2] != f:  # the codec's frames are video frames
+                raise ValueError(f"the audio band needs one video frame per latent frame (vae.temporal_stride=1); "
+                                 f"{f} latent frames decoded to {video.shape[2]} video frames")
+            wave = self.codec.decode(lat_BCFHW[0, :, :, -rows:], first_frame=self.frame).reshape(f, -1)
+        self.frame += f
+        return video, wave

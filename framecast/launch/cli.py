@@ -37,7 +37,8 @@ def _add_generate(sub) -> None:
                    help="full: whole clip at one noise level; dualparal: staggered frame blocks; "
                         "nfd: frame by frame on a KV cache (action models: see `framecast play`); "
                         "rollout: chunk after chunk, each from the finished frames before it; "
-                        "vin: overlapping chunks in parallel, tied by global interface tokens (docs/vin.md)")
+                        "vin: overlapping chunks in parallel, tied by global interface tokens (docs/vin.md); "
+                        "window: every step over overlapping windows that move between steps (docs/window.md)")
     p.add_argument("--workers", type=int, default=None,
                    help="workers W: DualParal pipeline stages (layer shards) or VIN chunk groups")
     p.add_argument("--launcher", choices=("local", "torchrun", "ray"), default=None,
@@ -63,6 +64,16 @@ def _add_generate(sub) -> None:
                    help="the task's given frames: an .mp4 or a folder of numbered PNGs (RGB, video.height x width)")
     p.add_argument("--mask", default=None,
                    help="--task complete: the region to generate, e.g. box:8,8,24,24 or frames:4-7 (docs/vdt.md)")
+    camera = p.add_mutually_exclusive_group()
+    camera.add_argument("--camera", default=None, metavar="MOVE[:SPEED]",
+                        help="camera move (models with a camera adapter, e.g. --preset tiny-camera; docs/camera.md): "
+                             "pan-left|pan-right|pan-up|pan-down|zoom-in|zoom-out|still, speed in px/frame "
+                             "(pan-left:2: the scene drifts right 2 px a frame)")
+    camera.add_argument("--camera-file", default=None, metavar="POSES.json",
+                        help="per-frame camera intrinsics and camera-to-world poses (format: docs/camera.md)")
+    p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the soundtrack of a model that makes sound (--preset tiny-av): an AAC track in the "
+                        "mp4, or DIR/audio.wav beside PNG frames; default: on for such models (--no-audio: video only)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides in dotlist form")
 
 
@@ -105,6 +116,12 @@ def cmd_generate(args) -> int:
         kwargs["latents_out"] = args.latents_out
     if args.task is not None or args.condition is not None or args.mask is not None:
         kwargs.update(task=args.task, condition=args.condition, mask=args.mask)
+    if args.camera is not None or args.camera_file is not None:
+        from pathlib import Path
+
+        kwargs["camera"] = args.camera if args.camera is not None else Path(args.camera_file)
+    if args.audio is not None:
+        kwargs["audio"] = args.audio
     with Engine(cfg, checkpoint=args.checkpoint, user_overrides=overrides) as engine:
         path = engine.generate(args.prompt, out=args.out, **kwargs)
     wall = time.perf_counter() - start
@@ -348,6 +365,12 @@ def cmd_train(args) -> int:
     if args.vdt:  # VDT's mask-modelled recipe (world/vdt_training.py)
         from framecast.world.vdt_training import run_vdt_train
         return run_vdt_train(args)
+    if args.av:  # AV-DiT's audio parts on the frozen tiny backbone (world/avdit_training.py)
+        from framecast.world.avdit_training import run_av_train
+        return run_av_train(args)
+    if args.camera:  # the camera adapter on frozen tiny (world/camera_training.py)
+        from framecast.world.camera_training import run_camera_train
+        return run_camera_train(args)
     from framecast.world.train import run_train
     return run_train(args)
 

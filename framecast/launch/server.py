@@ -475,7 +475,8 @@ def _start_stream(state: ServerState, args: dict, cancel: threading.Event):
     req = engine.request(args["prompt"], frames=args["frames"], seconds=args["seconds"], seed=args["seed"])
     if req.frames > MAX_GENERATE_FRAMES:
         raise ClientError(f"frames={req.frames} is more than this server streams per request ({MAX_GENERATE_FRAMES})")
-    stream = engine.stream(req.prompt, frames=req.frames, seed=req.seed, cancel=cancel)  # stops between steps
+    # stops between steps; frames only, for every family (a sound model's band is dropped: the page plays no audio)
+    stream = engine.stream(req.prompt, frames=req.frames, seed=req.seed, cancel=cancel, audio=False)
     return engine, iter(stream), req.frames
 
 

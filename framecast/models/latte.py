@@ -302,6 +302,8 @@ class LatteModel(nn.Module):
     reads_interface_tokens: ClassVar[bool] = False  # VIN's global tokens are read only by Wan's blocks
     adaln_probe: ClassVar[bool] = False  # a block is a spatial+temporal pair: no norm1 / scale_shift_table to probe
     absolute_positions: ClassVar[bool] = True  # 1-D sin-cos added to the hidden states (Conditioning.frame_positions)
+    produces_audio: ClassVar[bool] = False  # video only; model.kind=avdit makes a soundtrack too
+    token_grid_fhw: ClassVar[bool] = False  # no camera adapter (framecast/models/camera.py) attached here yet
 
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 72, in_channels: int = 4,
                  out_channels: Optional[int] = 8, num_layers: int = 28, dropout: float = 0.0,

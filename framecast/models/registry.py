@@ -12,6 +12,7 @@ FAMILIES: dict[str, str] = {
     "wan": "framecast.models.wan:WanModel",  # Wan2.1 T2V DiT (reference; diffusers-equal)
     "latte": "framecast.models.latte:LatteModel",  # Latte T2V: interleaved spatial/temporal DiT (diffusers-equal)
     "vdt": "framecast.models.vdt:VdtModel",  # VDT: factorised temporal/spatial DiT, mask-modelled tasks
+    "avdit": "framecast.models.avdit:AvditModel",  # AV-DiT (engine-defined): video + audio on a frozen Wan backbone
 }
 
 

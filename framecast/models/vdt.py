@@ -257,6 +257,8 @@ class VdtModel(nn.Module):
     reads_interface_tokens: ClassVar[bool] = False  # VIN's global tokens are read only by Wan's blocks
     adaln_probe: ClassVar[bool] = False  # modulation from c, no scale_shift_table / ctx.mod_BF6D to probe
     absolute_positions: ClassVar[bool] = True  # 1-D sin-cos added in `embed` (Conditioning.frame_positions)
+    produces_audio: ClassVar[bool] = False  # video only; model.kind=avdit makes a soundtrack too
+    token_grid_fhw: ClassVar[bool] = False  # no camera adapter (framecast/models/camera.py) attached here yet
 
     def __init__(self, patch_size=(1, 2, 2), num_attention_heads: int = 16, attention_head_dim: int = 72,
                  in_channels: int = 4, out_channels: Optional[int] = 4, text_dim: int = 64, freq_dim: int = 256,

@@ -177,6 +177,8 @@ class WanModel(nn.Module):
     reads_interface_tokens: ClassVar[bool] = True  # VIN's global tokens as extra keys/values (schedule.vin.interface)
     adaln_probe: ClassVar[bool] = True  # blocks expose norm1, scale_shift_table, ctx.mod_BF6D (cache.kind=teacache)
     absolute_positions: ClassVar[bool] = False  # rotary positions: a kv_hook's keys are placed by `place`
+    produces_audio: ClassVar[bool] = False  # video only; model.kind=avdit makes a soundtrack too
+    token_grid_fhw: ClassVar[bool] = True  # embed's tokens are t-major over (F', H', W'): a camera adapter adds to them
 
     def __init__(self, patch_size=(1, 2, 2), num_attention_heads: int = 40, attention_head_dim: int = 128,
                  in_channels: int = 16, out_channels: Optional[int] = 16, text_dim: int = 4096,

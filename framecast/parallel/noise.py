@@ -46,6 +46,14 @@ def window_noise(seed: int, k: int, shape_1CFHW: tuple) -> torch.Tensor:
     return video_noise(int.from_bytes(digest, "little"), shape_1CFHW)
 
 
+def band_noise(seed: int, shape_1CFRW: tuple) -> torch.Tensor:
+    """The initial noise of the audio band of models that make sound (the rows below the video in
+    the AV latent), from its own generator seeded with a 64-bit hash of the seed: the video rows
+    keep `video_noise(seed, ...)`, the noise the video-only model draws for the same seed."""
+    digest = hashlib.blake2b(f"band-noise:{seed}".encode(), digest_size=8).digest()
+    return video_noise(int.from_bytes(digest, "little"), shape_1CFRW)
+
+
 def block_seed(seed: int, k: int) -> int:
     """A 64-bit seed for block k's permutation; distinct (seed, k) pairs do not collide in practice."""
     digest = hashlib.blake2b(f"dualparal-noise:{seed}:{k}".encode(), digest_size=8).digest()

@@ -70,6 +70,7 @@ class Schedule:
     allows_empty_prompt: ClassVar[bool] = False  # action models are trained on the empty prompt
     resumable: ClassVar[bool] = False  # keeps a resume record beside the output (`--resume`)
     takes_task: ClassVar[bool] = False  # a VDT task, its condition and mask (`--task`, `--condition`, `--mask`)
+    takes_camera: ClassVar[bool] = False  # camera rays for the camera adapter (`--camera`; its passes name `frames=`)
 
     def __init__(self, engine: Any, options: Any):
         self.engine, self.options = engine, options
@@ -89,6 +90,9 @@ class Schedule:
             if given:
                 raise ValueError(f"{', '.join(given)} given: VDT's tasks run with schedule.name=task (--task sets it), "
                                  f"not schedule.name={self.name!r}")
+        if getattr(req, "camera", None) is not None and not self.takes_camera:
+            raise ValueError(f"a camera is taken by schedules that pass each denoiser call its frames (full, rollout, "
+                             f"window), not schedule.name={self.name!r}")
         limit, why = self.max_frames(req)
         if req.frames > limit:
             raise ValueError(f"frames={req.frames} ({req.seconds:g} s) is more than schedule.name={self.name} "

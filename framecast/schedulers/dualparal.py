@@ -206,6 +206,11 @@ class DualParalSchedule(Schedule):
         problem = worker_config_problem(cfg, cls.name)
         if problem:
             return problem
+        from framecast.models.registry import model_class  # imports the one family
+
+        if getattr(model_class(cfg.model.kind), "produces_audio", False):
+            return (f"model.kind={cfg.model.kind} cannot run under schedule.name=dualparal: its blocks take no cached "
+                    f"context keys (the audio band's modality split); it runs under schedule.name=full or rollout")
         if cfg.parallel.workers > cfg.model.num_layers:  # one layer shard per worker at least
             return (f"parallel.workers={cfg.parallel.workers} must be <= model.num_layers={cfg.model.num_layers} "
                     f"under schedule.name=dualparal (each worker holds a shard of the layers)")

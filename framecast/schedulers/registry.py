@@ -13,6 +13,7 @@ SCHEDULES: dict[str, str] = {
     "nfd": "framecast.schedulers.nfd_schedule:NfdSchedule",
     "vin": "framecast.schedulers.vin:VinSchedule",
     "task": "framecast.schedulers.task:TaskSchedule",
+    "window": "framecast.schedulers.window:WindowSchedule",
 }
 
 

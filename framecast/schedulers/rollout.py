@@ -36,6 +36,7 @@ class RolloutOptions:
 class RolloutSchedule(Schedule):
     name = "rollout"
     Options = RolloutOptions
+    takes_camera = True
 
     def max_frames(self, req):
         return self._noise_limit(req)
@@ -52,7 +53,7 @@ class RolloutSchedule(Schedule):
         from tqdm.auto import tqdm
 
         engine, o = self.engine, self.options
-        denoise = engine.denoiser(req.prompt, req.negative_prompt)
+        denoise = engine.denoiser(req.prompt, req.negative_prompt, camera=engine.camera_rays(req))
         lat = engine.initial_latents(req).to(engine.device)
         with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
             for done in rollout(denoise, lat, engine.make_sampler, o.chunk_frames, o.chunk_context,
@@ -83,7 +84,8 @@ def rollout(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable, 
         window = torch.cat([context, lat_1CFHW[:, :, chunk.start:chunk.stop]], dim=2)
         moving_F = torch.arange(window.shape[2]) >= context.shape[2]
         sampler = make_sampler()
-        window = denoise_part(denoise, window, sampler, moving_F, 0.0, on_step, first, block=k)
+        window = denoise_part(denoise, window, sampler, moving_F, 0.0, on_step, first, block=k,
+                              start=chunk.start - context.shape[2])  # the window: context + chunk frames
         first += len(sampler.timesteps)
         done = window[:, :, context.shape[2]:]
         yield done

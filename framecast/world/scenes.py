@@ -257,6 +257,26 @@ def to_model_video(frames_FHWC: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames_FHWC).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
+def clip_batches(seed: int, batch: int, frames: int, size: int = 32, play: bool = False,
+                 repeat_prob: float = 0.8, offset_prob: float = 0.0) -> Iterator[tuple[list, list[int]]]:
+    """The clips behind `world_batches` (same arguments, same draws): (clips, offsets) per batch,
+    for streams that need more of a clip than its pixels (its tracks: world/audio.py)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch!r}")
+    if not 0.0 <= offset_prob <= 1.0:
+        raise ValueError(f"offset_prob must lie in [0, 1], got {offset_prob!r}")
+    rng = np.random.default_rng(seed)
+    period = bounce_period(size)
+    while True:
+        offsets = [0] * batch
+        if offset_prob > 0:
+            offsets = [int(rng.integers(1, period)) if rng.random() < offset_prob else 0 for _ in range(batch)]
+        if play:
+            yield [sample_play_clip(rng, frames, size, repeat_prob, o) for o in offsets], offsets
+        else:
+            yield [sample_clip(rng, frames, size, o) for o in offsets], offsets
+
+
 def world_batches(seed: int, batch: int, frames: int, size: int = 32, play: bool = False,
                   repeat_prob: float = 0.8, offset_prob: float = 0.0) -> Iterator[dict[str, torch.Tensor]]:
     """Infinite training batches, deterministic for a given seed.
@@ -269,22 +289,11 @@ def world_batches(seed: int, batch: int, frames: int, size: int = 32, play: bool
             "offsets": int64 (B,)          each clip's first frame in its video,
             "tokens": int64 (B, 16)}      caption ids (text clips), or
            {"video": ..., "offsets": ..., "actions": int64 (B, F)}  indices into ACTIONS (play clips)."""
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch!r}")
-    if not 0.0 <= offset_prob <= 1.0:
-        raise ValueError(f"offset_prob must lie in [0, 1], got {offset_prob!r}")
-    rng = np.random.default_rng(seed)
-    period = bounce_period(size)
-    while True:
-        offsets = [0] * batch
-        if offset_prob > 0:
-            offsets = [int(rng.integers(1, period)) if rng.random() < offset_prob else 0 for _ in range(batch)]
+    for clips, offsets in clip_batches(seed, batch, frames, size, play, repeat_prob, offset_prob):
         if play:
-            clips = [sample_play_clip(rng, frames, size, repeat_prob, o) for o in offsets]
             cond = {"actions": torch.tensor([[ACTIONS.index(a) for a in c.actions] for c in clips],
                                             dtype=torch.int64)}
         else:
-            clips = [sample_clip(rng, frames, size, o) for o in offsets]
             cond = {"tokens": torch.tensor([tokenize(c.caption) for c in clips], dtype=torch.int64)}
         yield {"video": torch.stack([to_model_video(c.frames) for c in clips]),
                "offsets": torch.tensor(offsets, dtype=torch.int64), **cond}

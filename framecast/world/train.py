@@ -456,6 +456,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vdt", action="store_true",
                         help="train a VDT with its spatial-temporal mask modeling, from scratch "
                              "(--preset tiny-vdt; framecast/world/vdt_training.py)")
+    parser.add_argument("--av", action="store_true",
+                        help="train AV-DiT's audio parts on the frozen tiny backbone (--preset tiny-av; "
+                             "framecast/world/avdit_training.py, docs/avdit.md)")
+    parser.add_argument("--click-weight", type=float, default=1.0,
+                        help="--av: loss weight of the audio hops that hold a bounce click (1 = plain MSE)")
+    parser.add_argument("--camera", action="store_true",
+                        help="train a camera adapter on the frozen tiny model, on camera clips of the world "
+                             "(--preset tiny-camera; framecast/world/camera_training.py, docs/camera.md)")
     parser.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps")
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the shipped weights")
