@@ -44,8 +44,8 @@ from torch import nn
 from framecast.config import Config, ConfigError
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.world.finetune import one_stage_run, report_run, train_and_record
-from framecast.world.train import TrainOptions, describe_device, load_nets, sample_sigmas, step_generator
+from framecast.world.finetune import one_stage_run, pixel_run, report_run, run_about, train_and_record
+from framecast.world.train import TrainOptions, load_nets, sample_sigmas, step_generator
 
 
 def build_av_nets(cfg: Config, seed: int) -> nn.ModuleDict:
@@ -117,12 +117,8 @@ def train_av(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
     opt = opt or TrainOptions()
     if cfg.model.kind != "avdit":
         raise ValueError(f"--av trains model.kind=avdit (the tiny-av preset); got model.kind={cfg.model.kind}")
-    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
-        raise ValueError("AV world training is pixel space with the built-in text encoder (the tiny-av preset)")
     codec = codec_for(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    out, dev = pixel_run(cfg, out, device, "AV", "tiny-av")
     nets = build_av_nets(cfg, seed).to(dev)
     nets["transformer"].train()
     ema = build_av_nets(cfg, seed).to(dev).eval().requires_grad_(False)
@@ -138,8 +134,7 @@ def train_av(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
         clips = {k: v.to(dev) for k, v in next(stream).items()}
         return av_loss(nets, codec, clips, step_generator(seed, step), opt, empty, click_weight)
 
-    about = {"command": command, "preset": cfg.preset, "init_from": cfg.model.avdit.base, "seed": seed,
-             "batch": batch, "frames": frames, "device": describe_device(dev)}
+    about = run_about(cfg, command, cfg.model.avdit.base, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "params_trained": sum(p.numel() for p in trained),
         "params_total": sum(p.numel() for p in nets["transformer"].parameters()), "click_weight": click_weight,

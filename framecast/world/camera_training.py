@@ -31,8 +31,8 @@ from framecast.config import Config
 from framecast.models.blocks import run_model
 from framecast.models.camera import CameraAdapter, CameraModel
 from framecast.models.conditioning import Conditioning
-from framecast.world.finetune import one_stage_run, report_run, train_and_record
-from framecast.world.train import TrainOptions, describe_device, load_nets, sample_sigmas, step_generator
+from framecast.world.finetune import one_stage_run, pixel_run, report_run, run_about, train_and_record
+from framecast.world.train import TrainOptions, load_nets, sample_sigmas, step_generator
 
 MAX_OFFSET = 40  # frames: the latest start of a training clip in its trajectory (5 s at 8 fps)
 FG_REACH = 3  # px: with --fg-weight, pixels this close to a shape in the clip weigh more
@@ -78,11 +78,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
     from framecast.world.captions import tokenize
 
     opt = opt or TrainOptions()
-    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
-        raise ValueError("camera world training is pixel space with the built-in text encoder (the tiny-camera preset)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    out, dev = pixel_run(cfg, out, device, "camera", "tiny-camera")
     frozen = load_nets(cfg, init_from).to(dev).eval().requires_grad_(False)
     nets = new_adapter(cfg, seed).to(dev).train()
     ema = new_adapter(cfg, seed).to(dev).eval().requires_grad_(False)
@@ -97,8 +93,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
     def loss_at(step: int) -> torch.Tensor:
         return camera_loss(model, frozen["text_encoder"], next(stream), step_generator(seed, step), opt, empty, dev)
 
-    about = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "batch": batch,
-             "frames": frames, "device": describe_device(dev)}
+    about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "max_offset": MAX_OFFSET, "params_camera": sum(p.numel() for p in nets.parameters()),
         "fg_weight": opt.fg_weight, "fg_reach": FG_REACH,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from framecast.config import Config, load_config
-from framecast.world.train import TrainOptions, ema_update, lr_at, save_weights
+from framecast.world.train import TrainOptions, describe_device, ema_update, lr_at, save_weights
 
 
 def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, TrainOptions, str]:
@@ -44,6 +44,24 @@ def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, Train
     prog = Path(sys.argv[0]).name
     command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
     return cfg, opt, command
+
+
+def pixel_run(cfg: Config, out: str | Path, device: str, what: str, preset: str) -> tuple[Path, torch.device]:
+    """The start of a world fine-tune (`what` names the recipe, `preset` its preset): a one-line
+    ValueError unless the config is pixel space with the built-in text encoder; the output folder
+    (made) and the device."""
+    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
+        raise ValueError(f"{what} world training is pixel space with the built-in text encoder (the {preset} preset)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, torch.device(device)
+
+
+def run_about(cfg: Config, command: str, init_from: str, seed: int, batch: int, frames: int,
+              device: torch.device) -> dict:
+    """The provenance fields every world fine-tune's weights.json starts with."""
+    return {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "batch": batch,
+            "frames": frames, "device": describe_device(device)}
 
 
 def train_and_record(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,

@@ -43,8 +43,8 @@ from framecast.config import Config
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vdt_tasks import mask_input, masked_mse, training_mask
-from framecast.world.finetune import one_stage_run, report_run, train_and_record
-from framecast.world.train import TrainOptions, describe_device, step_generator
+from framecast.world.finetune import one_stage_run, pixel_run, report_run, run_about, train_and_record
+from framecast.world.train import TrainOptions, step_generator
 
 SPATIAL_PROB = 0.2  # VDT: share of training clips with a spatial (completion) mask
 
@@ -124,11 +124,7 @@ def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int,
     opt = opt or TrainOptions()
     if cfg.model.kind != "vdt":
         raise ValueError(f"--vdt trains model.kind=vdt (the tiny-vdt preset); got model.kind={cfg.model.kind}")
-    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
-        raise ValueError("VDT world training is pixel space with the built-in text encoder (the tiny-vdt preset)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    out, dev = pixel_run(cfg, out, device, "VDT", "tiny-vdt")
     nets = build_vdt_nets(cfg, seed)
     if init_from:
         path = Path(init_from) / "weights.safetensors" if Path(init_from).is_dir() else Path(init_from)
@@ -145,8 +141,7 @@ def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int,
         clips = {k: v.to(dev) for k, v in next(stream).items()}
         return vdt_loss(nets, clips, step_generator(seed, step), opt, empty)
 
-    about = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "batch": batch,
-             "frames": frames, "device": describe_device(dev)}
+    about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "params": sum(p.numel() for p in nets.parameters()), "spatial_prob": SPATIAL_PROB},
                             log_every=log_every, max_seconds=max_seconds)

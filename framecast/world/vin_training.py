@@ -36,8 +36,8 @@ from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vin import InterfaceTokens, VinInterface
 from framecast.schedulers.vin import keyframe_every, make_plan
-from framecast.world.finetune import one_stage_run, report_run, train_and_record
-from framecast.world.train import TrainOptions, describe_device, load_nets, step_generator
+from framecast.world.finetune import one_stage_run, pixel_run, report_run, run_about, train_and_record
+from framecast.world.train import TrainOptions, load_nets, step_generator
 
 VIN_LR_SCALE = 5.0  # the fresh interface module learns faster than the pretrained DiT is moved
 
@@ -103,12 +103,8 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
     from framecast.world.scenes import world_batches
 
     opt = opt or TrainOptions()
-    if cfg.vae.kind != "identity" or cfg.text.kind != "builtin":
-        raise ValueError("VIN world training is pixel space with the built-in text encoder (the tiny-vin preset)")
     windows(cfg, frames)  # a clip shorter than a chunk: one line, before any work
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    out, dev = pixel_run(cfg, out, device, "VIN", "tiny-vin")
     nets = build_vin_nets(cfg, init_from, seed).to(dev).train()
     ema = build_vin_nets(cfg, init_from, seed).to(dev).eval().requires_grad_(False)
     ema.load_state_dict(nets.state_dict())
@@ -123,8 +119,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
         clips = {k: v.to(dev) for k, v in next(stream).items()}
         return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev))
 
-    about = {"command": command, "preset": cfg.preset, "init_from": init_from, "seed": seed, "batch": batch,
-             "frames": frames, "device": describe_device(dev)}
+    about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "chunk_frames": cfg.schedule.vin.chunk_frames, "overlap_frames": cfg.schedule.vin.overlap_frames,
         "vin": {"tokens": cfg.vin.tokens, "heads": cfg.vin.heads, "blocks": cfg.vin.blocks, "layers": list(cfg.vin.layers)},
