@@ -31,7 +31,7 @@ from framecast.config import Config
 from framecast.models.blocks import run_model
 from framecast.models.camera import CameraAdapter, CameraModel
 from framecast.models.conditioning import Conditioning
-from framecast.world.finetune import one_stage_run, pixel_run, report_run, run_about, train_and_record
+from framecast.world.finetune import pixel_run, run_about, run_adapter_recipe, train_and_record
 from framecast.world.train import TrainOptions, load_nets, sample_sigmas, step_generator
 
 MAX_OFFSET = 40  # frames: the latest start of a training clip in its trajectory (5 s at 8 fps)
@@ -104,12 +104,6 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
 def run_camera_train(args) -> int:
     """`framecast train --camera ...`: the arguments of `framecast train` that apply here."""
-    cfg, opt, command = one_stage_run(args, "--camera", ("play", "resume", "distill_from"))
-    opt = replace(opt, prefix_prob=args.prefix_prob, prefix_max=args.prefix_max, uniform_prob=args.uniform_prob,
-                  sigma_uniform=args.sigma_uniform, context_sigma_max=args.context_sigma_max, fg_weight=args.fg_weight)
-    meta = finetune(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed,
-                    init_from=args.init_from or "builtin:tiny", opt=opt, command=command,
-                    log_every=args.log_every, device=args.device,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    report_run(meta, args.out)
-    return 0
+    return run_adapter_recipe(args, "--camera", finetune, lambda opt: replace(
+        opt, prefix_prob=args.prefix_prob, prefix_max=args.prefix_max, uniform_prob=args.uniform_prob,
+        sigma_uniform=args.sigma_uniform, context_sigma_max=args.context_sigma_max, fg_weight=args.fg_weight))

@@ -46,6 +46,21 @@ def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, Train
     return cfg, opt, command
 
 
+def run_adapter_recipe(args, flag: str, finetune: Callable[..., dict], adjust: Optional[Callable] = None) -> int:
+    """`framecast train FLAG ...` for a recipe that adds a module to the trained `tiny` (--vin,
+    --camera): `finetune(cfg, out, steps, batch, frames, seed, init_from=, opt=, command=, log_every=,
+    device=, max_seconds=)` with the parsed arguments; `adjust(opt) -> opt` sets the recipe's own options."""
+    cfg, opt, command = one_stage_run(args, flag, ("play", "resume", "distill_from"))
+    if adjust is not None:
+        opt = adjust(opt)
+    meta = finetune(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed,
+                    init_from=args.init_from or "builtin:tiny", opt=opt, command=command,
+                    log_every=args.log_every, device=args.device,
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    report_run(meta, args.out)
+    return 0
+
+
 def pixel_run(cfg: Config, out: str | Path, device: str, what: str, preset: str) -> tuple[Path, torch.device]:
     """The start of a world fine-tune (`what` names the recipe, `preset` its preset): a one-line
     ValueError unless the config is pixel space with the built-in text encoder; the output folder

@@ -36,7 +36,7 @@ from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
 from framecast.models.vin import InterfaceTokens, VinInterface
 from framecast.schedulers.vin import keyframe_every, make_plan
-from framecast.world.finetune import one_stage_run, pixel_run, report_run, run_about, train_and_record
+from framecast.world.finetune import pixel_run, run_about, run_adapter_recipe, train_and_record
 from framecast.world.train import TrainOptions, load_nets, step_generator
 
 VIN_LR_SCALE = 5.0  # the fresh interface module learns faster than the pretrained DiT is moved
@@ -129,10 +129,4 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
 def run_vin_train(args) -> int:
     """`framecast train --vin ...`: the arguments of `framecast train` that apply here."""
-    cfg, opt, command = one_stage_run(args, "--vin", ("play", "resume", "distill_from"))
-    meta = finetune(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed,
-                    init_from=args.init_from or "builtin:tiny", opt=opt, command=command,
-                    log_every=args.log_every, device=args.device,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    report_run(meta, args.out)
-    return 0
+    return run_adapter_recipe(args, "--vin", finetune)
