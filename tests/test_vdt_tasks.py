@@ -149,7 +149,7 @@ def _denoise(model, text):
     from framecast.models.conditioning import Conditioning
 
     @torch.no_grad()
-    def denoise(lat, t, step=None, block=0):
+    def denoise(lat, t, step=None, block=0, frames=None):
         return run_model(model, lat, torch.as_tensor(t).expand(lat.shape[0]), Conditioning(text), step=step)
     return denoise
 
