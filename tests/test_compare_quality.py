@@ -1,21 +1,16 @@
 """bench/compare_quality.py: pairing quality.py videos by schedule, length, prompt and seed."""
-import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "compare_quality.py"
+from bench_module import load_bench
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("compare_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compare_quality")
 
 
 def result(weights, runs_by_schedule):

@@ -1,20 +1,15 @@
 """bench/vdt_tasks.py's pure functions: PSNR, distance to the given frames, baselines (no model)."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "vdt_tasks.py"
+from bench_module import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("vdt_tasks_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("vdt_tasks")
 
 
 def ramp(frames=8, step=10):
