@@ -83,7 +83,7 @@ class Engine:
         """Whether the model family makes a soundtrack (its latents carry an audio band below the
         video rows; framecast/engine/audio.py)."""
         from framecast.models.registry import model_class
-        return getattr(model_class(self.cfg.model.kind), "produces_audio", False)
+        return model_class(self.cfg.model.kind).produces_audio
 
     @property
     def audio_codec(self):
@@ -106,7 +106,7 @@ class Engine:
         if audio and not self.produces_audio:
             from framecast.models.registry import FAMILIES, model_class
 
-            makers = [k for k in FAMILIES if getattr(model_class(k), "produces_audio", False)]
+            makers = [k for k in FAMILIES if model_class(k).produces_audio]
             raise RequestError(f"audio was asked for but model.kind={self.cfg.model.kind} makes no sound; the families "
                                f"that do: {', '.join(makers) or 'none'} (e.g. --preset tiny-av)")
         if self.produces_audio:

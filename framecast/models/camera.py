@@ -179,7 +179,7 @@ def camera_problem(cfg) -> Optional[str]:
     """Why cfg's model cannot take a camera adapter (one line), or None."""
     from framecast.models.registry import model_class
 
-    if not getattr(model_class(cfg.model.kind), "token_grid_fhw", False):
+    if not model_class(cfg.model.kind).token_grid_fhw:
         return (f"camera.weights={cfg.camera.weights!r}: model.kind={cfg.model.kind} does not expose a per-frame "
                 f"token grid a camera adapter can add to (families that do: wan)")
     if cfg.model.patch_size[0] != 1:

@@ -208,7 +208,7 @@ class DualParalSchedule(Schedule):
             return problem
         from framecast.models.registry import model_class  # imports the one family
 
-        if getattr(model_class(cfg.model.kind), "produces_audio", False):
+        if model_class(cfg.model.kind).produces_audio:
             return (f"model.kind={cfg.model.kind} cannot run under schedule.name=dualparal: its blocks take no cached "
                     f"context keys (the audio band's modality split); it runs under schedule.name=full or rollout")
         if cfg.parallel.workers > cfg.model.num_layers:  # one layer shard per worker at least

@@ -69,7 +69,7 @@ def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Calla
     if passes(f, lead_frames) == 1:
         sampler = make_sampler()
         for i, t in enumerate(sampler.timesteps):
-            lat_1CFHW = sampler.step(denoise(lat_1CFHW, t, step=i, block=0, **frames_of(f)), t, lat_1CFHW)
+            lat_1CFHW = sampler.step(denoise(lat_1CFHW, t, step=i, block=0, frames=range(f)), t, lat_1CFHW)
             if on_step is not None:
                 on_step(i)
         return lat_1CFHW
@@ -79,12 +79,6 @@ def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Calla
     return denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps), block=1)
 
 
-def frames_of(count: int, start: int = 0) -> dict:
-    """The `frames=` keyword of a denoiser call over latent frames start .. start + count - 1 of the
-    video (per-frame conditions such as camera rays are read for them)."""
-    return {"frames": range(start, start + count)}
-
-
 def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
                  on_step: Optional[Callable[[int], None]], first: int, block: int = 0,
                  start: int = 0) -> torch.Tensor:
@@ -92,11 +86,11 @@ def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: 
     model at timestep `held_t`. `block`: which trajectory this is (the feature cache's state key);
     `start`: the video's latent frame the window begins at (`frames=` of each call)."""
     keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
-    frames = frames_of(lat_1CFHW.shape[2], start)
+    frames = range(start, start + lat_1CFHW.shape[2])  # the video's frames this window holds
     for i, t in enumerate(sampler.timesteps):
         t_F = torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32),
                           torch.as_tensor(held_t, dtype=torch.float32))
-        stepped = sampler.step(denoise(lat_1CFHW, t_F, step=i, block=block, **frames), t, lat_1CFHW)
+        stepped = sampler.step(denoise(lat_1CFHW, t_F, step=i, block=block, frames=frames), t, lat_1CFHW)
         lat_1CFHW = torch.where(keep, lat_1CFHW, stepped)
         if on_step is not None:
             on_step(first + i)

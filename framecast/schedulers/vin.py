@@ -176,7 +176,7 @@ class VinSchedule(Schedule):
             return problem
         from framecast.models.registry import model_class  # imports the one family
 
-        if getattr(model_class(cfg.model.kind), "produces_audio", False):
+        if model_class(cfg.model.kind).produces_audio:
             return (f"model.kind={cfg.model.kind} cannot run under schedule.name=vin: VIN's workers and interface "
                     f"tokens carry no audio band; it runs under schedule.name=full or rollout")
         if options.interface != "none" and not model_class(cfg.model.kind).reads_interface_tokens:
