@@ -3,15 +3,17 @@ engine-defined, not the paper's: docs/avdit.md) beside the frozen video-only tin
 world's own clips.
 
     python bench/av_sync.py [--av-weights builtin:tiny-av] [--weights builtin:tiny] [--seconds 6]
-                            [--prompts ...] [--seeds 0 1 2 3] [--out bench/results/av_sync.json]
+                            [--audio-lags K ...] [--prompts ...] [--seeds 0 1 2 3]
+                            [--out bench/results/av_sync.json]
 
 Rows (same prompts, same seeds, the presets' rollout schedule):
   world     the world's own clip of each prompt and seed with its sound (render_prompt_clip +
             world/audio.py clip_audio): the ceiling
   tiny-av   `Engine.stream(..., audio=True)` of the tiny-av preset: video and sound from one
-            denoising loop
+            denoising loop (with --audio-lags, one row `lag K` per model.avdit.audio_lag=K: the
+            band K sampler steps behind the video; framecast/schedulers/band.py)
   tiny      the tiny preset (video only; no sound, so no sync or pitch columns)
-  shuffled  tiny-av's video with tiny-av's sound of the NEXT seed (same prompt): the sync and
+  shuffled  the first AV row's video with its sound of the NEXT seed (same prompt): the sync and
             pitch that sound made for another video gets by chance
 Columns: framecast/world/av_metrics.py (sync: bounces seen in the video that have a click
 within ±1 frame — `hit` —, clicks with no bounce within ±1 frame — `false` —, `f1`; `pitch`:
@@ -78,6 +80,8 @@ def main() -> None:
     p.add_argument("--av-weights", default="builtin:tiny-av")
     p.add_argument("--weights", default="builtin:tiny", help="the video-only model (and tiny-av's frozen backbone)")
     p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--audio-lags", type=int, nargs="+", default=None,
+                   help="one AV row per model.avdit.audio_lag (default: the preset's, one row `tiny-av`)")
     p.add_argument("--prompts", nargs="+", default=PROMPTS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--out", default="bench/results/av_sync.json")
@@ -87,11 +91,14 @@ def main() -> None:
     from framecast.world.audio import clip_audio
     from framecast.world.scenes import render_prompt_clip
 
-    engines = {"tiny-av": Engine.from_preset("tiny-av", [f"model.weights={args.av_weights}"]),
-               "tiny": Engine.from_preset("tiny", [f"model.weights={args.weights}"])}
-    fps = engines["tiny-av"].cfg.video.fps
+    av = [f"model.weights={args.av_weights}"]
+    engines = ({"tiny-av": Engine.from_preset("tiny-av", av)} if args.audio_lags is None else
+               {f"lag {k}": Engine.from_preset("tiny-av", [*av, f"model.avdit.audio_lag={k}"]) for k in args.audio_lags})
+    first_av = next(iter(engines))
+    engines["tiny"] = Engine.from_preset("tiny", [f"model.weights={args.weights}"])
+    fps = engines[first_av].cfg.video.fps
     frames = round(args.seconds * fps)
-    runs: dict[str, list[dict]] = {"world": [], "tiny-av": [], "tiny": [], "shuffled": []}
+    runs: dict[str, list[dict]] = {"world": [], **{name: [] for name in engines}, "shuffled": []}
     t0 = time.time()
     for prompt in args.prompts:
         made = []  # tiny-av's (video, audio) of each seed
@@ -99,9 +106,9 @@ def main() -> None:
             clip = render_prompt_clip(prompt, frames, seed)
             runs["world"].append(score(clip.frames, clip_audio(clip.objects, frames, fps), prompt, fps))
             for name, engine in engines.items():
-                video, audio = generate(engine, prompt, frames, seed, audio=name == "tiny-av")
+                video, audio = generate(engine, prompt, frames, seed, audio=engine.produces_audio)
                 runs[name].append(score(video, audio, prompt, fps))
-                if name == "tiny-av":
+                if name == first_av:
                     made.append((video, audio))
             print(f"{prompt!r} seed {seed}: " + "  ".join(
                 f"{n} hit {r[-1].get('sync.hit_rate', float('nan')):.2f} pitch {r[-1].get('pitch.accuracy', float('nan')):.2f}"
@@ -119,6 +126,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "command": "python bench/av_sync.py " + " ".join(
             [f"--av-weights {args.av_weights}", f"--weights {args.weights}", f"--seconds {args.seconds:g}",
+             *([] if args.audio_lags is None else ["--audio-lags " + " ".join(map(str, args.audio_lags))]),
              "--seeds " + " ".join(map(str, args.seeds))]),
         "prompts": args.prompts, "seeds": args.seeds, "frames": frames, "fps": fps, "wall_s": round(time.time() - t0, 1),
         "rows": table, "runs": runs}, indent=1) + "\n")

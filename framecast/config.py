@@ -333,6 +333,14 @@ def validate(cfg: Config) -> None:
     if m.kind == "avdit" and cfg.audio.sample_rate % cfg.video.fps:
         raise ConfigError(f"video.fps={cfg.video.fps} does not divide audio.sample_rate={cfg.audio.sample_rate}: "
                           f"model.kind=avdit needs whole audio samples per frame (e.g. fps 8, 10, 16, 20, 25)")
+    lag = cfg.model.avdit.audio_lag
+    if m.kind == "avdit" and lag > cfg.sampler.steps:
+        raise ConfigError(f"model.avdit.audio_lag={lag} must be at most sampler.steps={cfg.sampler.steps} (the band "
+                          f"runs that many steps behind the video)")
+    if m.kind == "avdit" and lag and cfg.cache.kind != "none":
+        raise ConfigError(f"cache.kind={cfg.cache.kind} does not run with model.avdit.audio_lag={lag}: a feature "
+                          f"cache reuses a block's previous step, and the lagged loop's calls mix two steps; use "
+                          f"cache.kind=none or model.avdit.audio_lag=0")
     _check_section("camera", cfg.camera)
     if cfg.camera.weights:
         from framecast.models.camera import camera_problem

@@ -255,3 +255,25 @@ def test_shipped_tiny_av_keeps_the_tiny_backbone_and_closed_video_gates():
         assert torch.equal(av[".".join(parts)], v), k
     assert torch.count_nonzero(av["transformer.fusion.gate_video"]) == 0
     assert torch.count_nonzero(av["transformer.fusion.gate_audio"]) > 0
+
+
+def test_fusion_positions_start_at_nothing_and_never_reach_the_video():
+    """model.avdit.fusion_positions: zero at init (the same output as without), and once trained the
+    audio rows read them while the video rows stay the backbone's."""
+    from framecast.models.blocks import run_model
+    from framecast.models.conditioning import Conditioning
+
+    _, av = _pair()
+    placed = AvditModel(**KW, avdit=AvditConfig(band_rows=4, lora_rank=2, fusion_ffn=32, fusion_positions=True)).eval()
+    missing, unexpected = placed.load_state_dict(av.state_dict(), strict=False)
+    assert sorted(missing) == ["fusion.positions.bias", "fusion.positions.weight"] and not unexpected
+    x, t, text = torch.randn(1, 3, 2, 20, 16), torch.tensor([400.0]), torch.randn(1, 5, 16)
+    with torch.no_grad():
+        for m in (av, placed):
+            m.fusion.gate_audio.fill_(0.5)  # an open audio gate (the video's stays 0, as training leaves it)
+        before = run_model(av, x, t, Conditioning(text))
+        assert torch.equal(run_model(placed, x, t, Conditioning(text)), before)
+        placed.fusion.positions.weight.normal_(0, 0.2)
+        after = run_model(placed, x, t, Conditioning(text))
+    assert torch.equal(after[..., :16, :], before[..., :16, :])
+    assert (after[..., 16:, :] - before[..., 16:, :]).abs().max() > 1e-3

@@ -10,6 +10,7 @@ Shape legend: B batch, C channels, F latent frames, H/W latent height/width, S t
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -49,6 +50,9 @@ class Denoiser:
         self.cfg = guided(guidance) and uncond_1SD is not None
         text = torch.cat([cond_1SD, uncond_1SD]) if self.cfg else cond_1SD
         self.text_BSD = text.to(device=device, dtype=dtype)
+        # (rows, lag) of an audio band below the video rows (model.kind=avdit: model.avdit.band_rows and
+        # audio_lag, the sampler steps the band runs behind the video); (0, 0) for a video-only model
+        self.band = (model.band_rows, model.audio_lag) if model.produces_audio else (0, 0)
 
     @property
     def batch(self) -> int:
@@ -58,14 +62,17 @@ class Denoiser:
         """(x_BCFHW, t_B or t_BF, text_BSD) for the model: the latents repeated per CFG branch.
         `t` is a scalar (whole clip at one level) or a [F] per-latent-frame tensor."""
         x = lat_1CFHW.to(device=self.device, dtype=self.dtype).expand(self.batch, -1, -1, -1, -1)
+        return x, self.batch_timesteps(t), self.text_BSD
+
+    def batch_timesteps(self, t) -> torch.Tensor:
+        """A scalar or [F] timestep -> [B] or [B, F], one row per CFG branch."""
         t = torch.as_tensor(t, device=self.device)
-        t = t.expand(self.batch) if t.ndim == 0 else t[None].expand(self.batch, -1)
-        return x, t, self.text_BSD
+        return t.expand(self.batch) if t.ndim == 0 else t[None].expand(self.batch, -1)
 
     def combine(self, out_BCFHW: torch.Tensor) -> torch.Tensor:
         if not self.cfg:
             return out_BCFHW
-        rows = getattr(self.model, "band_rows", 0)  # an audio band below the video rows (model.kind=avdit)
+        rows = self.band[0]  # an audio band below the video rows (model.kind=avdit)
         if not rows:
             return combine_cfg(out_BCFHW, self.guidance)
         # the band takes its own guidance: CFG's extrapolation overshoots log-mel levels (docs/avdit.md)
@@ -84,15 +91,19 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None, block: int = 0,
-                 frames: Optional[range] = None) -> torch.Tensor:
+                 frames: Optional[range] = None, band_t=None) -> torch.Tensor:
         """Guided prediction for latents [1, C, F, H, W] at `t` (scalar or [F]); `step` (the
         sampler step index, if known) and `block` (which frame block of the video this pass is)
         reach the attention backend's per-call metadata and key the feature cache's state.
         `frames`: the video's latent frames this pass holds, in order (None: the whole video);
-        per-frame conditions (the camera) are read for them."""
+        per-frame conditions (the camera) are read for them. `band_t`: the audio band's timesteps
+        when it runs at its own level (`band`; scalar or [F]), None: the video's."""
         x, t, text = self.inputs(lat_1CFHW, t)
         if frames is not None and len(frames) != x.shape[2]:
             raise ValueError(f"frames={frames} names {len(frames)} latent frames; the pass holds {x.shape[2]}")
-        out = run_model(self.model, x, t, self.conditioning(text, frames), attention=self.attention, step=step,
+        cond = self.conditioning(text, frames)
+        if band_t is not None:
+            cond = replace(cond, audio_timesteps=self.batch_timesteps(band_t))
+        out = run_model(self.model, x, t, cond, attention=self.attention, step=step,
                         block=block, cache=self.cache)
         return self.combine(out)

@@ -86,6 +86,13 @@ class Engine:
         return model_class(self.cfg.model.kind).produces_audio
 
     @property
+    def loop_steps(self) -> int:
+        """Model calls of one denoising loop over a window: sampler.steps, + model.avdit.audio_lag for a
+        model whose audio band runs behind its video (framecast/schedulers/band.py)."""
+        lag = self.cfg.model.avdit.audio_lag if self.produces_audio else 0
+        return self.cfg.sampler.steps + lag
+
+    @property
     def audio_codec(self):
         """The codec of the audio band (families that make sound), built once."""
         from framecast.engine.audio import codec_for

@@ -45,8 +45,9 @@ from torch import nn
 from framecast.models.attention import attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
-from framecast.models.layers import FP32LayerNorm, apply_rope, cast_keeping_fp32, frame_timesteps
+from framecast.models.layers import FP32LayerNorm, LoRA, apply_rope, cast_keeping_fp32, frame_timesteps
 from framecast.models.layers import rope_table as build_rope_table
+from framecast.models.vdt import sincos_2d
 from framecast.models.wan import KEEP_FP32, WanBlock, WanConditionEmbedder, WanContext, WanModel
 
 
@@ -59,8 +60,16 @@ class AvditConfig:
     lora_rank: int = 8  # rank r of the audio LoRA on every attention projection
     fusion_ffn: int = 256  # hidden width of the shared fusion block's MLP
     audio_guidance: float = 1.0  # CFG scale of the audio band (sampler.guidance_scale is the video's); 1 = none
+    # sampler steps the band runs behind the video in the one denoising loop (0: both at each step's level;
+    # k: the loop takes steps + k model calls, the band's first k at pure noise, the video's last k clean),
+    # so a click forms once the bounce that makes it is visible (docs/avdit.md); at most sampler.steps
+    audio_lag: int = 0
+    # the fusion block also reads every token's place on the tall grid (fixed 2-D sincos of its row and
+    # column through a zero-initialised projection): where the walls are, which hop of its frame an audio
+    # token is (the frozen backbone's tokens carry relative positions only); off in weights trained without
+    fusion_positions: bool = False
 
-    MINIMUM: ClassVar[dict] = {"band_rows": 1, "lora_rank": 1, "fusion_ffn": 1, "audio_guidance": 0.0}
+    MINIMUM: ClassVar[dict] = {"band_rows": 1, "lora_rank": 1, "fusion_ffn": 1, "audio_guidance": 0.0, "audio_lag": 0}
 
 
 @dataclass
@@ -68,21 +77,9 @@ class AvditContext(WanContext):
     """WanContext plus what the audio tokens need."""
 
     audio_mod_BF6D: Optional[torch.Tensor] = None  # the audio tokens' block modulation (time adapter added)
+    audio_temb_BFD: Optional[torch.Tensor] = None  # the audio tokens' time embedding (their own level)
     rows: tuple[int, int] = (0, 0)                 # (video, audio) token rows of every frame
     cut_video: bool = False                        # video states carry no gradient (frozen backbone): detach them
-
-
-class LoRA(nn.Module):
-    """x -> up(down(x)), rank r; `up` starts at zero so the adapted projection starts as the frozen one."""
-
-    def __init__(self, dim_in: int, dim_out: int, rank: int):
-        super().__init__()
-        self.down, self.up = nn.Linear(dim_in, rank, bias=False), nn.Linear(rank, dim_out, bias=False)
-        nn.init.normal_(self.down.weight, std=1.0 / math.sqrt(dim_in))
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
 
 
 def _split(x_BLD: torch.Tensor, f: int, nv: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,9 +168,14 @@ class FusionBlock(nn.Module):
     """The shared audio-video block: joint self-attention and an MLP over all tokens (no mask), adaLN
     from the time embedding, and per-modality output gates that start at zero."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, eps: float):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, eps: float, positions: bool = False):
         super().__init__()
         self.heads = heads
+        # AvditConfig.fusion_positions: absolute grid positions added to the attention's input, zero at init
+        self.positions = nn.Linear(dim, dim) if positions else None
+        if self.positions is not None:
+            nn.init.zeros_(self.positions.weight)
+            nn.init.zeros_(self.positions.bias)
         self.norm = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.modulation = nn.Linear(dim, 4 * dim)  # shift/scale before attention and before the MLP
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -187,14 +189,23 @@ class FusionBlock(nn.Module):
 
     def forward(self, x_BLD: torch.Tensor, ctx: AvditContext) -> torch.Tensor:
         dtype, f, nv = x_BLD.dtype, ctx.temb_BFD.shape[1], ctx.rows[0] * ctx.grid[2]
-        shift1, scale1, shift2, scale2 = self.modulation(F.silu(ctx.temb_BFD.float())).unsqueeze(2).chunk(4, dim=-1)
+        na = ctx.rows[1] * ctx.grid[2]
+        # each modality modulated by its own time embedding (the band may run at another level)
+        mods = [self.modulation(F.silu(temb.float())).unsqueeze(2).expand(-1, -1, n, -1)
+                for temb, n in ((ctx.temb_BFD, nv), (ctx.audio_temb_BFD, na))]
+        shift1, scale1, shift2, scale2 = torch.cat(mods, dim=2).chunk(4, dim=-1)           # (B, F, n, D)
 
         def gate(y_BLD, r_BLD, i):
             yv, ya = _split(y_BLD.float(), f, nv)
             rv, ra = _split(r_BLD.float(), f, nv)
             return _join(yv + rv * self.gate_video[i], ya + ra * self.gate_audio[i]).to(dtype)
 
-        x_n = (self.norm(x_BLD.float()).unflatten(1, (f, -1)) * (1 + scale1) + shift1).flatten(1, 2).to(dtype)
+        x_n = self.norm(x_BLD.float()).unflatten(1, (f, -1)) * (1 + scale1) + shift1              # (B, F, n, D)
+        if self.positions is not None:
+            _, h, w = ctx.grid
+            grid_ND = sincos_2d(h, w, x_n.shape[-1], device=x_n.device)                 # the tall grid, row-major
+            x_n = x_n + self.positions(grid_ND.to(self.positions.weight.dtype)).float()
+        x_n = x_n.flatten(1, 2).to(dtype)
         q, k, v = self.qkv(x_n).chunk(3, dim=-1)
         q = apply_rope(self.norm_q(q).unflatten(2, (self.heads, -1)), *ctx.rope_q)
         k = apply_rope(self.norm_k(k).unflatten(2, (self.heads, -1)), *ctx.rope_q)
@@ -237,6 +248,7 @@ class AvditModel(nn.Module):
             raise ValueError(f"AvditModel: out_channels={out_channels} must equal in_channels={in_channels}")
         self.patch_size, self.head_dim, self.band_rows = tuple(patch_size), attention_head_dim, avdit.band_rows
         self.audio_guidance = avdit.audio_guidance  # read by the guided denoiser (engine/denoise.py)
+        self.audio_lag = avdit.audio_lag            # read by the schedules' denoising loop (schedulers/full.py)
         self.config = dict(patch_size=self.patch_size, num_attention_heads=num_attention_heads,
                            attention_head_dim=attention_head_dim, in_channels=in_channels, text_dim=text_dim,
                            freq_dim=freq_dim, ffn_dim=ffn_dim, num_layers=num_layers, avdit=avdit)
@@ -256,7 +268,7 @@ class AvditModel(nn.Module):
         self.audio_time_proj = nn.Linear(dim, 6 * dim)              # time adapter: extra modulation, zero init
         nn.init.zeros_(self.audio_time_proj.weight)
         nn.init.zeros_(self.audio_time_proj.bias)
-        self.fusion = FusionBlock(dim, num_attention_heads, avdit.fusion_ffn, eps)
+        self.fusion = FusionBlock(dim, num_attention_heads, avdit.fusion_ffn, eps, avdit.fusion_positions)
         self.audio_scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
         self.audio_proj_out = nn.Linear(dim, patch_values)
         nn.init.zeros_(self.audio_proj_out.weight)
@@ -336,8 +348,8 @@ class AvditModel(nn.Module):
         return lat_BCFHW[:, :, :, :h - r], lat_BCFHW[:, :, :, h - r:]
 
     def embed(self, lat_BCFHW: torch.Tensor, t, cond: Conditioning) -> tuple[torch.Tensor, AvditContext]:
-        """Patchify the tall latent and build the conditioning. t: [B] or [B, F] (sigma·1000),
-        shared by both modalities; cond.text_BSD: [B, S, text_dim]."""
+        """Patchify the tall latent and build the conditioning. t: [B] or [B, F] (sigma·1000) of the
+        video rows, and of the band too unless cond.audio_timesteps gives its own; cond.text_BSD: [B, S, text_dim]."""
         if cond.actions_BF is not None:
             raise ValueError("model.kind=avdit takes no actions")
         video, band = self.split_latent(lat_BCFHW)
@@ -353,13 +365,19 @@ class AvditModel(nn.Module):
         t_BF = t if t.ndim == 2 else t[:, None].expand(-1, f)
         temb_BFD = ce.temb(t_BF.reshape(-1)).unflatten(0, (b, f))
         mod_BF6D = ce.modulation(temb_BFD)
-        audio_mod_BF6D = mod_BF6D + self.audio_time_proj(F.silu(temb_BFD)).unflatten(-1, (6, -1))
+        audio_temb_BFD, audio_base_BF6D = temb_BFD, mod_BF6D
+        if cond.audio_timesteps is not None:
+            ta = frame_timesteps(cond.audio_timesteps, b, f, lat_BCFHW.device)
+            ta_BF = ta if ta.ndim == 2 else ta[:, None].expand(-1, f)
+            audio_temb_BFD = ce.temb(ta_BF.reshape(-1)).unflatten(0, (b, f))
+            audio_base_BF6D = ce.modulation(audio_temb_BFD)
+        audio_mod_BF6D = audio_base_BF6D + self.audio_time_proj(F.silu(audio_temb_BFD)).unflatten(-1, (6, -1))
         text = ce.text_embedder(cond.text_BSD.to(ce.text_embedder.linear_1.weight.dtype))
         frames = torch.arange(f) if cond.frame_positions is None else cond.frame_positions
         rope = self.rope_table(frames.to(x_BLD.device), grid[1], grid[2])
         cut = torch.is_grad_enabled() and not self.patch_embedding.weight.requires_grad
         ctx = AvditContext(temb_BFD=temb_BFD, mod_BF6D=mod_BF6D, text_BSD=text, grid=grid, rope_q=rope, rope_k=rope,
-                           audio_mod_BF6D=audio_mod_BF6D, rows=rows, cut_video=cut)
+                           audio_mod_BF6D=audio_mod_BF6D, audio_temb_BFD=audio_temb_BFD, rows=rows, cut_video=cut)
         return x_BLD, ctx
 
     def head(self, x_BLD: torch.Tensor, ctx: AvditContext) -> torch.Tensor:
@@ -370,9 +388,9 @@ class AvditModel(nn.Module):
         f, (hv, ha), gw = ctx.temb_BFD.shape[1], ctx.rows, ctx.grid[2]
         xv, xa = _split(x_BLD, f, hv * gw)
         outs = []
-        for x, table, proj, h in ((xv, self.scale_shift_table, self.proj_out, hv),
-                                  (xa, self.audio_scale_shift_table, self.audio_proj_out, ha)):
-            shift, scale = (table + ctx.temb_BFD[:, :, None]).unsqueeze(3).unbind(2)      # (B, F, 1, D)
+        for x, table, proj, h, temb in ((xv, self.scale_shift_table, self.proj_out, hv, ctx.temb_BFD),
+                                        (xa, self.audio_scale_shift_table, self.audio_proj_out, ha, ctx.audio_temb_BFD)):
+            shift, scale = (table + temb[:, :, None]).unsqueeze(3).unbind(2)              # (B, F, 1, D)
             x_n = self.norm_out(x.float()) * (1 + scale) + shift
             out = proj(x_n.flatten(1, 2).to(x_BLD.dtype))
             (pt, ph, pw) = self.patch_size

@@ -25,3 +25,7 @@ class Conditioning:
     # [B, R, F, H, W] with R = 6 x vae.temporal_stride (the video frames of each latent frame stacked on
     # channels), read by a camera adapter (framecast/models/camera.py); None: no camera
     camera_BRFHW: Optional[torch.Tensor] = None
+    # timesteps (σ·1000) of an audio band below the video rows (model.kind=avdit), [B] or [B, F], when it
+    # is denoised at its own level (the band a few sampler steps behind the video: docs/avdit.md);
+    # None: the video's timesteps
+    audio_timesteps: Optional[torch.Tensor] = None

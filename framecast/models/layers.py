@@ -51,6 +51,25 @@ class MLP(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+class LoRA(nn.Module):
+    """A rank-r low-rank update of a (dim_out, dim_in) projection: x -> up(down(x)), or merged into the
+    weight as `delta()` = up·down. `up` starts at zero, so the adapted projection starts as the frozen
+    one (AV-DiT's audio LoRA adds it as a path, the camera LoRA merges it: models/avdit.py, camera.py)."""
+
+    def __init__(self, dim_in: int, dim_out: int, rank: int):
+        super().__init__()
+        self.down, self.up = nn.Linear(dim_in, rank, bias=False), nn.Linear(rank, dim_out, bias=False)
+        nn.init.normal_(self.down.weight, std=1.0 / math.sqrt(dim_in))
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    def delta(self) -> torch.Tensor:
+        """The weight update [dim_out, dim_in]: linear(x, W + delta) = linear(x, W) + self(x)."""
+        return self.up.weight @ self.down.weight
+
+
 def cast_keeping_fp32(model: nn.Module, dtype: torch.dtype, keep_fp32: tuple[str, ...]) -> nn.Module:
     """Move `model`'s floating-point parameters to `dtype`, keeping those whose dotted name has a
     part in `keep_fp32` in fp32 (diffusers' `_keep_in_fp32_modules` under from_pretrained(torch_dtype=...)).

@@ -17,6 +17,7 @@ from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
 
+from framecast.schedulers.band import BandLag, band_levels_F
 from framecast.schedulers.base import Schedule, check_cancel
 
 
@@ -37,7 +38,7 @@ class FullSchedule(Schedule):
         return self._noise_limit(req)
 
     def total_steps(self, req) -> int:
-        return passes(req.latent_frames, self.options.lead_frames) * self.engine.cfg.sampler.steps
+        return passes(req.latent_frames, self.options.lead_frames) * self.engine.loop_steps
 
     def latents(self, req, actions, progress, record=None, cancel=None) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
@@ -47,7 +48,7 @@ class FullSchedule(Schedule):
         lat = engine.initial_latents(req).to(engine.device)
         with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
             lat = denoise_full(denoise, lat, engine.make_sampler, lead_frames=self.options.lead_frames,
-                               on_step=lambda i: (bar.update(), check_cancel(cancel)))
+                               on_step=lambda i: (bar.update(), check_cancel(cancel)), band=denoise.band)
         for f in range(lat.shape[2]):  # hand out one latent frame at a time: decode streams
             yield lat[:, :, f:f + 1]
 
@@ -59,14 +60,19 @@ def passes(frames: int, lead_frames: int) -> int:
 
 
 def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable,
-                 on_step: Optional[Callable[[int], None]] = None, lead_frames: int = 0) -> torch.Tensor:
+                 on_step: Optional[Callable[[int], None]] = None, lead_frames: int = 0,
+                 band: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Run a fresh `make_sampler()`'s timesteps over the clip; `denoise(lat, t, step=i, block=p)
     -> velocity`, `t` a scalar or one timestep per latent frame [F], `i` the sampler step and `p`
     the pass (0, or 1 for the second pass of `lead_frames`: a feature cache keeps one state per
     trajectory). on_step(i) after each of the steps (i counts on through both passes when
-    `lead_frames` splits the clip)."""
+    `lead_frames` splits the clip). `band`: (rows, lag) of an audio band run `lag` steps behind the
+    video (schedulers/band.py; (0, 0): none)."""
     f = lat_1CFHW.shape[2]
     if passes(f, lead_frames) == 1:
+        if band[1]:  # the band's loop (schedulers/band.py) is denoise_part's
+            return denoise_part(denoise, lat_1CFHW, make_sampler(), torch.ones(f, dtype=torch.bool), 0.0, on_step, 0,
+                                band=band)
         sampler = make_sampler()
         for i, t in enumerate(sampler.timesteps):
             lat_1CFHW = sampler.step(denoise(lat_1CFHW, t, step=i, block=0, frames=range(f)), t, lat_1CFHW)
@@ -75,18 +81,30 @@ def denoise_full(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Calla
         return lat_1CFHW
     lead = torch.arange(f) < lead_frames                      # (F,) the frames denoised first
     sampler = make_sampler()
-    lat_1CFHW = denoise_part(denoise, lat_1CFHW, sampler, lead, sampler.timesteps[0], on_step, 0)
-    return denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps), block=1)
+    lat_1CFHW = denoise_part(denoise, lat_1CFHW, sampler, lead, sampler.timesteps[0], on_step, 0, band=band)
+    return denoise_part(denoise, lat_1CFHW, make_sampler(), ~lead, 0.0, on_step, len(sampler.timesteps) + band[1],
+                        block=1, band=band)
 
 
 def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: torch.Tensor, held_t,
                  on_step: Optional[Callable[[int], None]], first: int, block: int = 0,
-                 start: int = 0) -> torch.Tensor:
+                 start: int = 0, band: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Step the frames in `moving_F` through the sampler; the others stay as they are, seen by the
     model at timestep `held_t`. `block`: which trajectory this is (the feature cache's state key);
-    `start`: the video's latent frame the window begins at (`frames=` of each call)."""
+    `start`: the video's latent frame the window begins at (`frames=` of each call); `band`: (rows,
+    lag) of an audio band run `lag` steps behind the video (schedulers/band.py): steps + lag calls."""
     keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
     frames = range(start, start + lat_1CFHW.shape[2])  # the video's frames this window holds
+    if band[1]:
+        loop = BandLag(sampler, band, lat_1CFHW.shape[3], lat_1CFHW.device)
+        for i in range(loop.calls):
+            video_t, band_t = loop.levels(i)
+            v = denoise(lat_1CFHW, band_levels_F(moving_F, video_t, held_t), step=i, block=block, frames=frames,
+                        band_t=band_levels_F(moving_F, band_t, held_t))
+            lat_1CFHW = loop.step(v, i, lat_1CFHW, moving_F)
+            if on_step is not None:
+                on_step(first + i)
+        return lat_1CFHW
     for i, t in enumerate(sampler.timesteps):
         t_F = torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32),
                           torch.as_tensor(held_t, dtype=torch.float32))

@@ -43,7 +43,7 @@ class RolloutSchedule(Schedule):
 
     def total_steps(self, req) -> int:
         o = self.options
-        return len(chunks(req.latent_frames, o.chunk_frames, o.lead_frames)) * self.engine.cfg.sampler.steps
+        return len(chunks(req.latent_frames, o.chunk_frames, o.lead_frames)) * self.engine.loop_steps
 
     def seams(self, req) -> tuple[int, ...]:
         o = self.options
@@ -57,7 +57,8 @@ class RolloutSchedule(Schedule):
         lat = engine.initial_latents(req).to(engine.device)
         with tqdm(total=self.total_steps(req), desc="denoise", unit="step", disable=not progress) as bar:
             for done in rollout(denoise, lat, engine.make_sampler, o.chunk_frames, o.chunk_context,
-                                on_step=lambda i: (bar.update(), check_cancel(cancel)), lead_frames=o.lead_frames):
+                                on_step=lambda i: (bar.update(), check_cancel(cancel)), lead_frames=o.lead_frames,
+                                band=denoise.band):
                 for f in range(done.shape[2]):  # each chunk leaves as soon as it is finished
                     yield done[:, :, f:f + 1]
 
@@ -72,12 +73,13 @@ def chunks(frames: int, chunk_frames: int, lead_frames: int = 0) -> list[range]:
 
 def rollout(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable, chunk_frames: int,
             context_frames: int, on_step: Optional[Callable[[int], None]] = None,
-            lead_frames: int = 0) -> Iterator[torch.Tensor]:
+            lead_frames: int = 0, band: tuple[int, int] = (0, 0)) -> Iterator[torch.Tensor]:
     """Yield each chunk's finished latents [1, C, f, H, W], oldest first. `lat_1CFHW`: the initial
     noise of the whole clip (each chunk starts from its own frames of it); `denoise(lat, t_F, step=i,
     block=k)`: the velocity of a window, `t_F` one timestep per frame, `k` the chunk (a feature
     cache keeps one state per chunk). on_step(i) after each step (i counts on
-    through the chunks)."""
+    through the chunks). `band`: (rows, lag) of an audio band run `lag` steps behind the video
+    (schedulers/band.py)."""
     context = lat_1CFHW[:, :, :0]                    # the last `context_frames` finished frames
     first = 0
     for k, chunk in enumerate(chunks(lat_1CFHW.shape[2], chunk_frames, lead_frames)):
@@ -85,8 +87,8 @@ def rollout(denoise: Callable, lat_1CFHW: torch.Tensor, make_sampler: Callable, 
         moving_F = torch.arange(window.shape[2]) >= context.shape[2]
         sampler = make_sampler()
         window = denoise_part(denoise, window, sampler, moving_F, 0.0, on_step, first, block=k,
-                              start=chunk.start - context.shape[2])  # the window: context + chunk frames
-        first += len(sampler.timesteps)
+                              start=chunk.start - context.shape[2], band=band)  # the window: context + chunk
+        first += len(sampler.timesteps) + band[1]
         done = window[:, :, context.shape[2]:]
         yield done
         context = window[:, :, max(0, window.shape[2] - context_frames):]  # empty for context_frames = 0

@@ -183,7 +183,8 @@ class WindowSchedule(Schedule):
         return self._noise_limit(req)
 
     def total_steps(self, req) -> int:
-        return self.plan(req).calls
+        plan = self.plan(req)  # + the calls of an audio band's lag (schedulers/band.py): the last step's windows
+        return plan.calls + (self.engine.loop_steps - plan.steps) * len(plan.windows[-1])
 
     def seams(self, req) -> tuple[int, ...]:
         """The last step's window edges (`WindowPlan.edges`): that step sets the finished frames'
@@ -200,29 +201,39 @@ class WindowSchedule(Schedule):
         sampler = engine.make_sampler()
         plan = self.plan(req, len(sampler.timesteps))
         with tqdm(total=plan.calls, desc="denoise", unit="window", disable=not progress) as bar:
-            lat = denoise_windows(denoise, lat, sampler, plan, on_call=lambda: (bar.update(), check_cancel(cancel)))
+            lat = denoise_windows(denoise, lat, sampler, plan, on_call=lambda: (bar.update(), check_cancel(cancel)),
+                                  band=denoise.band)
         for f in range(lat.shape[2]):  # every frame is final only now; hand them out one at a time
             yield lat[:, :, f:f + 1]
 
 
 def denoise_windows(denoise: Callable, lat_1CFHW: "torch.Tensor", sampler, plan: WindowPlan,
-                    on_call: Optional[Callable[[], None]] = None) -> "torch.Tensor":
+                    on_call: Optional[Callable[[], None]] = None, band: tuple[int, int] = (0, 0)) -> "torch.Tensor":
     """Run the plan's steps over the whole latent [1, C, F, H, W]: per step, one `denoise(window,
     t, step=i, block=s, frames=range(s, e))` per window (`block`: the window's first frame, the
     key of an attention backend's per-block state), the predictions merged by `merge_weights`,
-    then one `sampler.step` of the whole latent. on_call() after each model call."""
+    then one `sampler.step` of the whole latent. on_call() after each model call. `band`: (rows,
+    lag) of an audio band run `lag` steps behind the video (schedulers/band.py): `lag` more sweeps,
+    over the last step's windows."""
     import torch
+
+    from framecast.schedulers.band import BandLag
 
     if len(sampler.timesteps) != plan.steps:
         raise ValueError(f"the plan has {plan.steps} steps, the sampler {len(sampler.timesteps)}")
-    for i, t in enumerate(sampler.timesteps):
+    loop = BandLag(sampler, band, lat_1CFHW.shape[3], lat_1CFHW.device) if band[1] else None
+    for i in range(plan.steps + band[1]):
+        t, levels = sampler.timesteps[min(i, plan.steps - 1)], {}
+        if loop is not None:
+            t, band_t = loop.levels(i)
+            levels = {"band_t": band_t}
         # the merged prediction, made at the first call: a model may predict more channels than the
         # latent has (Latte's learned sigma), which the sampler reads
         v_1CFHW = None
         norm_F = torch.zeros(lat_1CFHW.shape[2], dtype=lat_1CFHW.dtype, device=lat_1CFHW.device)
-        windows = plan.windows[i]
+        windows = plan.windows[min(i, plan.steps - 1)]
         for w, weights in zip(windows, merge_weights(windows)):
-            out = denoise(lat_1CFHW[:, :, w.start:w.stop].contiguous(), t, step=i, block=w.start, frames=w)
+            out = denoise(lat_1CFHW[:, :, w.start:w.stop].contiguous(), t, step=i, block=w.start, frames=w, **levels)
             if v_1CFHW is None:
                 v_1CFHW = out.new_zeros((*out.shape[:2], lat_1CFHW.shape[2], *out.shape[3:]), dtype=lat_1CFHW.dtype)
             w_F = torch.tensor(weights, dtype=lat_1CFHW.dtype, device=lat_1CFHW.device)
@@ -230,5 +241,9 @@ def denoise_windows(denoise: Callable, lat_1CFHW: "torch.Tensor", sampler, plan:
             norm_F[w.start:w.stop] += w_F
             if on_call is not None:
                 on_call()
-        lat_1CFHW = sampler.step(v_1CFHW / norm_F[:, None, None], t, lat_1CFHW)
+        v_1CFHW = v_1CFHW / norm_F[:, None, None]
+        if loop is None:
+            lat_1CFHW = sampler.step(v_1CFHW, t, lat_1CFHW)
+        else:
+            lat_1CFHW = loop.step(v_1CFHW, i, lat_1CFHW, torch.ones(lat_1CFHW.shape[2], dtype=torch.bool))
     return lat_1CFHW

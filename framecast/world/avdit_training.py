@@ -80,8 +80,9 @@ def click_weights(codec, band: torch.Tensor, click_weight: float) -> torch.Tenso
 
 
 def av_loss(nets: nn.ModuleDict, codec, batch: dict, gen: torch.Generator, opt: TrainOptions,
-            empty_tokens: torch.Tensor, click_weight: float = 1.0) -> torch.Tensor:
-    """The audio-band velocity loss of one batch (module docstring); all randomness from `gen` (CPU)."""
+            empty_tokens: torch.Tensor, click_weight: float = 1.0, lag_prob: float = 0.0) -> torch.Tensor:
+    """The audio-band velocity loss of one batch (module docstring); all randomness from `gen` (CPU).
+    `lag_prob`: share of clips whose video rows are noised at u·σ (u ~ U[0, 1]) while the band is at σ."""
     video = batch["video"]                                              # (B, C, F, H, W)
     dev = video.device
     band = codec.encode(batch["audio"].cpu()).to(dev)                    # (B, C, F, R, W)
@@ -91,13 +92,19 @@ def av_loss(nets: nn.ModuleDict, codec, batch: dict, gen: torch.Generator, opt: 
     sigma_BF = sample_sigmas(gen, b, f, opt, batch.get("offsets").cpu())
     noise = torch.randn(x0.shape, generator=gen)
     drop_B = torch.rand(b, generator=gen) < opt.caption_dropout
-    sigma_BF, noise = sigma_BF.to(dev), noise.to(dev)
+    if lag_prob > 0:  # the band behind the video (model.avdit.audio_lag): the video cleaner than the sound
+        lagged_B = torch.rand(b, generator=gen) < lag_prob
+        video_BF = torch.where(lagged_B[:, None], sigma_BF * torch.rand(b, 1, generator=gen), sigma_BF)
+    else:
+        video_BF = sigma_BF
+    sigma_BF, video_BF, noise = sigma_BF.to(dev), video_BF.to(dev), noise.to(dev)
     tokens = torch.where(drop_B[:, None].to(dev), empty_tokens, batch["tokens"])
-    s = sigma_BF[:, None, :, None, None]
+    s = torch.cat([video_BF[:, None, :, None, None].expand(-1, -1, -1, h - rows, -1),
+                   sigma_BF[:, None, :, None, None].expand(-1, -1, -1, rows, -1)], dim=3)  # (B, 1, F, H + R, 1)
     x_t = (1 - s) * x0 + s * noise
     with torch.no_grad():
         text_BSD = nets["text_encoder"](tokens)
-    v = run_model(nets["transformer"], x_t, sigma_BF * 1000, Conditioning(text_BSD))
+    v = run_model(nets["transformer"], x_t, video_BF * 1000, Conditioning(text_BSD, audio_timesteps=sigma_BF * 1000))
     err = (v[:, :, :, h - rows:].float() - (noise - x0)[:, :, :, h - rows:]) ** 2     # (B, C, F, R, W)
     if click_weight != 1.0:
         err = err * click_weights(codec, band.cpu(), click_weight).to(dev)
@@ -109,7 +116,8 @@ def av_loss(nets: nn.ModuleDict, codec, batch: dict, gen: torch.Generator, opt: 
 
 def train_av(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
              opt: TrainOptions | None = None, command: str = "", log_every: int = 25,
-             max_seconds: float | None = None, device: str = "cpu", click_weight: float = 1.0) -> dict:
+             max_seconds: float | None = None, device: str = "cpu", click_weight: float = 1.0,
+             lag_prob: float = 0.0) -> dict:
     from framecast.engine.audio import codec_for
     from framecast.world.audio import av_world_batches
     from framecast.world.captions import tokenize
@@ -132,12 +140,13 @@ def train_av(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
     def loss_at(step: int) -> torch.Tensor:
         clips = {k: v.to(dev) for k, v in next(stream).items()}
-        return av_loss(nets, codec, clips, step_generator(seed, step), opt, empty, click_weight)
+        return av_loss(nets, codec, clips, step_generator(seed, step), opt, empty, click_weight, lag_prob)
 
     about = run_about(cfg, command, cfg.model.avdit.base, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "params_trained": sum(p.numel() for p in trained),
         "params_total": sum(p.numel() for p in nets["transformer"].parameters()), "click_weight": click_weight,
+        "audio_lag_prob": lag_prob,
         "sigmas": {k: getattr(opt, k) for k in ("uniform_prob", "sigma_uniform", "prefix_prob", "prefix_max",
                                                 "context_sigma_max")}},
                             log_every=log_every, max_seconds=max_seconds)
@@ -149,11 +158,14 @@ def run_av_train(args) -> int:
     cfg, opt, command = one_stage_run(args, "--av", ("play", "vin", "vdt", "resume", "distill_from", "init_from"))
     if args.click_weight <= 0:
         raise ValueError(f"--click-weight must be > 0, got {args.click_weight}")
+    if not 0 <= args.audio_lag_prob <= 1:
+        raise ValueError(f"--audio-lag-prob must be in [0, 1], got {args.audio_lag_prob}")
     opt = dataclasses.replace(opt, uniform_prob=args.uniform_prob, sigma_uniform=args.sigma_uniform,
                               prefix_prob=args.prefix_prob, prefix_max=args.prefix_max,
                               context_sigma_max=args.context_sigma_max, offset_clean_min=args.offset_clean_min)
     meta = train_av(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed, opt=opt, command=command,
                     log_every=args.log_every, device=args.device, click_weight=args.click_weight,
+                    lag_prob=args.audio_lag_prob,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     report_run(meta, args.out)
     return 0

@@ -461,6 +461,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "framecast/world/avdit_training.py, docs/avdit.md)")
     parser.add_argument("--click-weight", type=float, default=1.0,
                         help="--av: loss weight of the audio hops that hold a bounce click (1 = plain MSE)")
+    parser.add_argument("--audio-lag-prob", type=float, default=0.0,
+                        help="--av: share of clips whose video is cleaner than their sound (σ_video = u·σ_band, "
+                             "u ~ U[0, 1]), as model.avdit.audio_lag samples them")
     parser.add_argument("--camera", action="store_true",
                         help="train a camera adapter on the frozen tiny model, on camera clips of the world "
                              "(--preset tiny-camera; framecast/world/camera_training.py, docs/camera.md)")
