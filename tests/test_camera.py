@@ -139,6 +139,107 @@ def test_family_without_a_token_grid_refuses_a_camera_adapter():
         load_config("tiny-vdt", ["camera.weights=builtin:tiny-camera"])
 
 
+
+# ---- camera LoRA ------------------------------------------------------------------------------
+
+def lora_pair(rank=4, targets="self"):
+    """(base, model without LoRA, model with a rank-`rank` LoRA of `targets`, inputs): both adapters share
+    the same nonzero conv weights; the LoRA's up and down weights are nonzero."""
+    from framecast.engine.components import new_model
+
+    torch.manual_seed(0)
+    base = new_model(tiny_cfg()).eval()
+    plain_adapter = CameraAdapter.for_config(tiny_cfg())
+    lora_adapter = CameraAdapter.for_config(tiny_cfg(f"camera.lora_rank={rank}", f"camera.lora_targets={targets}"))
+    with torch.no_grad():
+        plain_adapter.conv.weight.normal_(std=0.02)
+        for p in lora_adapter.lora.parameters():
+            p.normal_(std=0.05)
+    lora_adapter.load_state_dict(plain_adapter.state_dict(), strict=False)   # the same conv and residual blocks
+    g = torch.Generator().manual_seed(1)
+    lat, text = torch.randn(2, 3, 3, 32, 32, generator=g), torch.randn(2, 16, 64, generator=g)
+    rays = camera_rays(trajectory("pan-left:2", 3, 32, 32), 1, 32, 32).expand(2, -1, -1, -1, -1)
+    inputs = (lat, torch.tensor([500.0, 200.0]), text, rays)
+    return base, CameraModel(base, plain_adapter).eval(), CameraModel(base, lora_adapter).eval(), inputs
+
+
+def test_camera_lora_acts_only_in_passes_with_rays():
+    from framecast.models.blocks import run_model
+
+    base, plain, lora, (lat, t, text, rays) = lora_pair()
+    assert isinstance(lora.blocks, tuple) and [b.layer_id for b in lora.blocks] == [0, 1]
+    assert len(lora.state_dict()) == len(base.state_dict()) + len(lora.adapter.state_dict())  # no duplicate keys
+    with torch.no_grad():
+        frozen = run_model(base, lat, t, Conditioning(text))
+        no_rays = run_model(lora, lat, t, Conditioning(text))
+        adapter_only = run_model(plain, lat, t, Conditioning(text, camera_BRFHW=rays))
+        with_lora = run_model(lora, lat, t, Conditioning(text, camera_BRFHW=rays))
+        for layer in lora.adapter.lora:
+            for name in layer:
+                layer[name].up.weight.zero_()
+        zero_up = run_model(lora, lat, t, Conditioning(text, camera_BRFHW=rays))
+    assert (no_rays - frozen).abs().max().item() == 0.0                   # the LoRA is nonzero, but no rays
+    assert not torch.allclose(adapter_only, frozen)                       # the adapter acts with rays ...
+    assert (with_lora - adapter_only).abs().max() > 1e-3                  # ... and the LoRA on top of it
+    assert (zero_up - adapter_only).abs().max() <= 1e-6                   # a zero LoRA adds nothing
+
+
+@pytest.mark.parametrize("targets", ["self", "all"])
+def test_camera_lora_merge_equals_a_block_with_the_merged_weights(targets):
+    import copy
+
+    from framecast.models.camera import LORA_TARGETS
+
+    base, _, model, (lat, t, text, rays) = lora_pair(targets=targets)
+    assert len(model.adapter.lora[0]) == {"self": 4, "all": 10}[targets]
+    x_BLD, ctx = model.embed(lat, t, Conditioning(text, camera_BRFHW=rays))
+    assert ctx.camera
+    for block, layer in zip(model.blocks, model.adapter.lora):
+        reference = copy.deepcopy(block.block)                           # the WanBlock, weights merged by hand
+        state = reference.state_dict()
+        for name, (key, _, _) in LORA_TARGETS[targets].items():
+            state[key] = state[key] + layer[name].up.weight @ layer[name].down.weight
+        reference.load_state_dict(state)
+        with torch.no_grad():
+            assert (block(x_BLD, ctx) - reference(x_BLD, ctx)).abs().max() <= 1e-6
+            assert (block(x_BLD, ctx) - block.block(x_BLD, ctx)).abs().max() > 1e-4
+    model.to(torch.float64)                                               # .to reaches the wrapped blocks' weights
+    assert all(p.dtype == torch.float64 for b in model.blocks for p in b.parameters())
+
+
+def test_camera_lora_weights_round_trip(tmp_path):
+    from framecast.models.camera import load_camera_adapter
+    from framecast.world.train import save_weights
+
+    cfg = load_config("tiny-camera")
+    assert cfg.camera.lora_rank == 16
+    torch.manual_seed(0)
+    adapter = CameraAdapter.for_config(cfg)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_()
+    assert adapter.lora[5]["o"].up.weight.shape == (128, 16)             # 6 blocks x (q, k, v, o), width 128
+    path = tmp_path / "weights.safetensors"
+    save_weights(torch.nn.ModuleDict({"camera": adapter}), path)        # as `framecast train --camera` saves
+    loaded = load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}"]))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in adapter.state_dict().items())
+    for rank in (8, 0):
+        with pytest.raises(ValueError, match="do not match this model's camera adapter") as err:
+            load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}",
+                                                            f"camera.lora_rank={rank}"]))
+        assert len(str(err.value).splitlines()) == 1
+
+
+def test_camera_lora_rank_is_checked():
+    from framecast.config import ConfigError
+    from framecast.engine.components import new_model
+
+    with pytest.raises(ConfigError, match="camera.lora_rank=-1 is out of range; must be >= 0"):
+        tiny_cfg("camera.lora_rank=-1")
+    adapter = CameraAdapter.for_config(tiny_cfg("camera.lora_rank=2"))   # 2 layers
+    with pytest.raises(ValueError, match="camera LoRA has 2 layers; the model has 1 blocks"):
+        CameraModel(new_model(tiny_cfg("model.num_layers=1")), adapter)
+
 # ---- moves ------------------------------------------------------------------------------------
 
 def test_moves():

@@ -155,4 +155,5 @@ def test_camera_loss_reaches_only_the_adapter():
     assert plain.item() != weighted.item()
     weighted.backward()
     assert nets["camera"].conv.weight.grad.abs().sum() > 0
+    assert cfg.camera.lora_rank > 0 and all(nets["camera"].lora[0][n].up.weight.grad.abs().sum() > 0 for n in "qkvo")
     assert all(p.grad is None for p in base.parameters())

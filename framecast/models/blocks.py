@@ -6,7 +6,7 @@ sequence parallelism or a profiler wraps this one function, never a copy of it.
 
 The model contract it relies on (ARCHITECTURE.md "Contracts"):
     embed(lat_BCFHW, t, cond: Conditioning) -> (x_BLD, ctx)
-    blocks: nn.ModuleList, block(x_BLD, ctx) -> x_BLD
+    blocks: nn.ModuleList (or a tuple of wrappers: models/camera.py), block(x_BLD, ctx) -> x_BLD
     head(x_BLD, ctx) -> out_BCFHW
     place(ctx, query_frames, key_frames) -> ctx   positions of queries and of all keys, including
                                                    keys a kv_hook adds from outside (caches, windows)

@@ -19,16 +19,24 @@ that is 24 channels, PixelUnshuffle(8), kernel 2: weights of the lineage's shape
 conv and each residual block's last conv start at zero, so an untrained adapter adds exactly 0
 and the model equals the one it wraps; gradients still reach the entry conv through the skip.
 
+Camera LoRA (`camera.lora_rank` r > 0): token offsets alone cannot steer a frozen attention, so
+the adapter also holds rank-r updates of every block's self-attention projections (to_q, to_k,
+to_v, to_out.0): W + up·down, `up` zero at init. They act only in passes that carry camera rays;
+a camera-less pass through a CameraModel is exactly the frozen model.
+
 Attaching: `CameraModel` wraps a family that exposes its token embedding (`token_grid_fhw`:
 `embed` returns tokens t-major over the (F', H', W') grid of one latent frame per token frame);
-its `embed` adds the adapter's output when the conditioning carries camera rays, and everything
-else (`blocks`, `head`, `place`, capabilities) is the wrapped model's. No `forward` is rebound.
+its `embed` adds the adapter's output when the conditioning carries camera rays and marks the
+context (`ctx.camera`); with a LoRA its `blocks` are `CameraBlock`s, which run the wrapped block
+with the merged weights (torch.func.functional_call) when `ctx.camera` is set and the block
+itself otherwise. Everything else (`head`, `place`, capabilities) is the wrapped model's. No
+`forward` is rebound.
 
 Shape legend: B batch, R ray channels per latent frame, F frames, H/W pixels, L tokens, D width.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Optional
 
 import numpy as np
@@ -38,6 +46,7 @@ from torch import nn
 
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
+from framecast.models.layers import LoRA
 
 RAY_CHANNELS = 6  # Plücker (o x d, d)
 
@@ -47,8 +56,11 @@ class CameraConfig:
     """camera.* of the config: the camera adapter (framecast/models/camera.py; docs/camera.md)."""
     weights: str = ""  # "" = no adapter; builtin:NAME, or a `framecast train --camera --out` folder / its .safetensors
     residual_blocks: int = 1  # ResidualBlocks after the patch conv (the lineage: 1)
+    lora_rank: int = 0  # rank of the camera LoRA on every block's self-attention q/k/v/out; 0 = none (adapter only)
+    lora_targets: str = "self"  # the projections it adapts: self (self-attention) or all (+ cross-attention and MLP)
 
-    MINIMUM: ClassVar[dict] = {"residual_blocks": 1}
+    MINIMUM: ClassVar[dict] = {"residual_blocks": 1, "lora_rank": 0}
+    CHOICES: ClassVar[dict] = {"lora_targets": ("self", "all")}
 
 
 def plucker(K_F33, c2w_F44, height: int, width: int) -> torch.Tensor:
@@ -99,9 +111,22 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(self.relu(self.conv1(x)))
 
 
+# The weights the camera LoRA adapts (camera.lora_targets), by the name of their LoRA: (the block's
+# parameter, its input and output widths as "dim" (the model width) or "ffn" (model.ffn_dim))
+SELF_TARGETS = {"q": ("attn1.to_q.weight", "dim", "dim"), "k": ("attn1.to_k.weight", "dim", "dim"),
+                "v": ("attn1.to_v.weight", "dim", "dim"), "o": ("attn1.to_out.0.weight", "dim", "dim")}
+LORA_TARGETS = {
+    "self": SELF_TARGETS,
+    "all": {**SELF_TARGETS, "cross_q": ("attn2.to_q.weight", "dim", "dim"), "cross_k": ("attn2.to_k.weight", "dim", "dim"),
+            "cross_v": ("attn2.to_v.weight", "dim", "dim"), "cross_o": ("attn2.to_out.0.weight", "dim", "dim"),
+            "ffn_in": ("ffn.net.0.proj.weight", "dim", "ffn"), "ffn_out": ("ffn.net.2.weight", "ffn", "dim")},
+}
+
+
 class CameraAdapter(nn.Module):
     def __init__(self, rays: int, dim: int, spatial_stride: int, patch_hw: tuple[int, int],
-                 residual_blocks: int = 1):
+                 residual_blocks: int = 1, num_layers: int = 0, lora_rank: int = 0, lora_targets: str = "self",
+                 ffn_dim: int = 0):
         super().__init__()
         self.pixel_unshuffle = nn.PixelUnshuffle(spatial_stride)
         self.conv = nn.Conv2d(rays * spatial_stride ** 2, dim, kernel_size=tuple(patch_hw), stride=tuple(patch_hw))
@@ -110,14 +135,22 @@ class CameraAdapter(nn.Module):
             for conv in [self.conv] + [block.conv2 for block in self.residual_blocks]:
                 conv.weight.zero_()
                 conv.bias.zero_()
+        # built after the convs, so a rank-0 adapter draws the same random numbers as before the LoRA existed
+        widths = {"dim": dim, "ffn": ffn_dim}
+        self.targets = {name: target for name, (target, _, _) in LORA_TARGETS[lora_targets].items()}
+        self.lora = nn.ModuleList(nn.ModuleDict({name: LoRA(widths[i], widths[o], lora_rank)
+                                                 for name, (_, i, o) in LORA_TARGETS[lora_targets].items()})
+                                  for _ in range(num_layers if lora_rank > 0 else 0))
 
     @classmethod
     def for_config(cls, cfg) -> "CameraAdapter":
         """The adapter of a framecast Config: R = 6·vae.temporal_stride, D = the model width,
-        PixelUnshuffle(vae.spatial_stride), kernel = model.patch_size[1:]."""
+        PixelUnshuffle(vae.spatial_stride), kernel = model.patch_size[1:]; with camera.lora_rank > 0,
+        a LoRA of camera.lora_targets for each of the model.num_layers blocks."""
         m = cfg.model
         return cls(RAY_CHANNELS * cfg.vae.temporal_stride, m.num_attention_heads * m.attention_head_dim,
-                   cfg.vae.spatial_stride, tuple(m.patch_size[1:]), cfg.camera.residual_blocks)
+                   cfg.vae.spatial_stride, tuple(m.patch_size[1:]), cfg.camera.residual_blocks,
+                   m.num_layers, cfg.camera.lora_rank, cfg.camera.lora_targets, m.ffn_dim)
 
     def forward(self, camera_BRFHW: torch.Tensor) -> torch.Tensor:
         """[B, R, F', H, W] rays (H, W in pixels) -> [B, F'·H'·W', D] token offsets, t-major."""
@@ -127,19 +160,52 @@ class CameraAdapter(nn.Module):
         return rearrange(x, "(b f) d h w -> b (f h w) d", b=b)
 
 
+class CameraBlock(nn.Module):
+    """A block of the wrapped model with its camera LoRA: in a pass that carries camera rays
+    (`ctx.camera`), the block with each adapted weight W replaced by W + up·down (merged per call,
+    so gradients reach the LoRA and none reach W); in any other pass, exactly the block.
+
+    Not registered in CameraModel (its modules are, under `base` and `adapter`): `.to()`, `cast`
+    and saving reach them there, and this wrapper reads them at call time."""
+
+    def __init__(self, block: nn.Module, lora: nn.ModuleDict, targets: dict[str, str]):
+        super().__init__()
+        self.block, self.lora, self.targets = block, lora, targets
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["block"], name)  # layer_id, norm1, ... (caches read them)
+
+    def forward(self, x_BLD: torch.Tensor, ctx) -> torch.Tensor:
+        if not ctx.camera:
+            return self.block(x_BLD, ctx)
+        weights = {target: self.block.get_parameter(target) + self.lora[name].delta()
+                   for name, target in self.targets.items()}
+        return torch.func.functional_call(self.block, weights, (x_BLD, ctx))
+
+
 class CameraModel(nn.Module):
     """A model of a family with `token_grid_fhw` whose token embedding also reads camera rays
-    (cond.camera_BRFHW) through `adapter`; the block-loop contract of framecast/models/blocks.py."""
+    (cond.camera_BRFHW) through `adapter` (and, with a LoRA, whose blocks do too, in those passes);
+    the block-loop contract of framecast/models/blocks.py."""
 
     def __init__(self, base: nn.Module, adapter: CameraAdapter):
         super().__init__()
         if not getattr(type(base), "token_grid_fhw", False):
             raise ValueError(f"{type(base).__name__} does not expose a per-frame token grid: no camera adapter")
         self.base, self.adapter = base, adapter
+        if len(adapter.lora) and len(adapter.lora) != len(base.blocks):
+            raise ValueError(f"the camera LoRA has {len(adapter.lora)} layers; the model has {len(base.blocks)} "
+                             f"blocks (model.num_layers)")
+        # a plain tuple, not a ModuleList: the blocks and LoRAs are registered under base and adapter already
+        self.camera_blocks = tuple(CameraBlock(block, lora, adapter.targets) for block, lora in zip(base.blocks, adapter.lora))
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        return self.base.blocks
+    def blocks(self):
+        """The wrapped model's blocks; with a camera LoRA, its CameraBlocks (a tuple)."""
+        return self.camera_blocks if self.camera_blocks else self.base.blocks
 
     def __getattr__(self, name: str):
         try:
@@ -158,6 +224,7 @@ class CameraModel(nn.Module):
                 raise ValueError(f"camera rays {list(cond.camera_BRFHW.shape)} give {list(cam_BLD.shape)} tokens; the "
                                  f"latents {list(lat_BCFHW.shape)} give {list(x_BLD.shape)} (rays are at pixel size)")
             x_BLD = x_BLD + cam_BLD.to(x_BLD.dtype)
+            ctx = replace(ctx, camera=True)  # the blocks' camera LoRA acts in this pass (only)
         return x_BLD, ctx
 
     def head(self, x_BLD: torch.Tensor, ctx) -> torch.Tensor:

@@ -56,6 +56,7 @@ class WanContext:
     step: Optional[int] = None        # sampler step index, for the attention backend's metadata
     block: int = 0                    # frame block of this pass, for backend state and feature caches
     interface: Any = None             # VIN interface tokens (models/vin.py InterfaceTokens): extra K/V, or None
+    camera: bool = False              # pass carries camera rays (CameraModel.embed, models/camera.py): LoRA acts
 
 
 class WanConditionEmbedder(nn.Module):

@@ -10,10 +10,12 @@ them. Loss: flow-matching velocity MSE, x_σ = (1 − σ)·x0 + σ·noise per fr
 levels of the world's recipe (`sample_sigmas`; the recommended command lays clips out as the
 rollout schedule samples: the first frame nearly clean, the rest at one σ), the model reading the
 clip's rays through the adapter; `--fg-weight` W weighs pixels within FG_REACH px of a shape
-(1 + W) times (the shapes are a few % of the pixels, and all the camera decides). Only the adapter trains: the transformer and the text encoder
-are the frozen `--init-from` weights (default builtin:tiny), so a camera-less request through the
-adapter model is exactly the frozen model. Caption dropout trains the empty prompt, CFG's
-unconditional branch (which also reads the camera).
+(1 + W) times (the shapes are a few % of the pixels, and all the camera decides). Only the
+adapter trains, with its camera LoRA (camera.lora_rank: rank-r updates of every block's
+self-attention, merged only in passes with rays; token offsets alone left the frozen attention
+unsteered): the transformer and the text encoder are the frozen `--init-from` weights (default
+builtin:tiny), so a camera-less request through the adapter model is exactly the frozen model.
+Caption dropout trains the empty prompt, CFG's unconditional branch (which also reads the camera).
 
 Files in `out/`: weights.safetensors (the adapter's EMA, keys camera.*: what camera.weights takes)
 and weights.json (command, seed, steps, wall time, losses).
@@ -96,6 +98,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
     about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "max_offset": MAX_OFFSET, "params_camera": sum(p.numel() for p in nets.parameters()),
+        "lora_rank": cfg.camera.lora_rank,
         "fg_weight": opt.fg_weight, "fg_reach": FG_REACH,
         "sigmas": {k: getattr(opt, k) for k in ("prefix_prob", "prefix_max", "uniform_prob", "sigma_uniform",
                                                 "context_sigma_max")}},
