@@ -3,7 +3,7 @@ engine-defined, not the paper's: docs/avdit.md) beside the frozen video-only tin
 world's own clips.
 
     python bench/av_sync.py [--av-weights builtin:tiny-av] [--weights builtin:tiny] [--seconds 6]
-                            [--audio-lags K ...] [--prompts ...] [--seeds 0 1 2 3]
+                            [--audio-lags K ...] [--set KEY=VALUE ...] [--prompts ...] [--seeds 0 1 2 3]
                             [--out bench/results/av_sync.json]
 
 Rows (same prompts, same seeds, the presets' rollout schedule):
@@ -80,6 +80,8 @@ def main() -> None:
     p.add_argument("--av-weights", default="builtin:tiny-av")
     p.add_argument("--weights", default="builtin:tiny", help="the video-only model (and tiny-av's frozen backbone)")
     p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="tiny-av config override (e.g. model.avdit.fusion_positions=true for weights trained with it)")
     p.add_argument("--audio-lags", type=int, nargs="+", default=None,
                    help="one AV row per model.avdit.audio_lag (default: the preset's, one row `tiny-av`)")
     p.add_argument("--prompts", nargs="+", default=PROMPTS)
@@ -91,7 +93,7 @@ def main() -> None:
     from framecast.world.audio import clip_audio
     from framecast.world.scenes import render_prompt_clip
 
-    av = [f"model.weights={args.av_weights}"]
+    av = [f"model.weights={args.av_weights}", *args.set]
     engines = ({"tiny-av": Engine.from_preset("tiny-av", av)} if args.audio_lags is None else
                {f"lag {k}": Engine.from_preset("tiny-av", [*av, f"model.avdit.audio_lag={k}"]) for k in args.audio_lags})
     first_av = next(iter(engines))
@@ -127,6 +129,7 @@ def main() -> None:
         "command": "python bench/av_sync.py " + " ".join(
             [f"--av-weights {args.av_weights}", f"--weights {args.weights}", f"--seconds {args.seconds:g}",
              *([] if args.audio_lags is None else ["--audio-lags " + " ".join(map(str, args.audio_lags))]),
+             *[f"--set {kv}" for kv in args.set],
              "--seeds " + " ".join(map(str, args.seeds))]),
         "prompts": args.prompts, "seeds": args.seeds, "frames": frames, "fps": fps, "wall_s": round(time.time() - t0, 1),
         "rows": table, "runs": runs}, indent=1) + "\n")

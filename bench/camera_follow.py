@@ -42,6 +42,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, help="camera.weights for tiny-camera: a `framecast train --camera` run's "
                     "weights.safetensors")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="tiny-camera config override (e.g. camera.lora_targets=all for an adapter trained with it)")
     ap.add_argument("--moves", nargs="+", default=list(MOVES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--frames", type=int, default=16)
@@ -54,7 +56,7 @@ def main() -> int:
     from framecast.world.camera_metrics import camera_follow
     from framecast.world.camera_scenes import prompt_camera_clip
 
-    engines = {"tiny-camera": Engine.from_preset("tiny-camera", [f"camera.weights={args.weights}"]),
+    engines = {"tiny-camera": Engine.from_preset("tiny-camera", [f"camera.weights={args.weights}", *args.set]),
                "tiny": Engine.from_preset("tiny")}
     runs, t0 = [], time.perf_counter()
     for move in args.moves:

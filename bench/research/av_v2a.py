@@ -1,6 +1,7 @@
 """Can AV-DiT's audio parts hear a bounce they see? The sound for the world's OWN videos.
 
     python bench/research/av_v2a.py --av-weights DIR_OR_FILE [--seconds 6] [--seeds 0 1 2] [--chunk 8]
+                                    [--set KEY=VALUE ...]
 
 Splits what bench/av_sync.py measures: there the sound follows a generated video, whose bounces the
 tiny model draws loosely. Here the video rows are the world's own clip, held clean (video timestep 0)
@@ -52,13 +53,15 @@ def main() -> None:
     p.add_argument("--prompts", nargs="+", default=PROMPTS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--chunk", type=int, default=8)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="tiny-av config override (e.g. model.avdit.fusion_positions=true for weights trained with it)")
     args = p.parse_args()
 
     from framecast import Engine
     from framecast.world.av_metrics import evaluate_av
     from framecast.world.scenes import render_prompt_clip
 
-    engine = Engine.from_preset("tiny-av", [f"model.weights={args.av_weights}"])
+    engine = Engine.from_preset("tiny-av", [f"model.weights={args.av_weights}", *args.set])
     fps = engine.cfg.video.fps
     frames = round(args.seconds * fps)
     rows = {"v2a": [], "shuffled": []}
