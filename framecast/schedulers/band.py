@@ -54,7 +54,3 @@ class BandLag:
             lat_1CFHW = torch.where(moving & ~self.video_H, stepped, lat_1CFHW)
         return lat_1CFHW
 
-
-def band_levels_F(moving_F: torch.Tensor, t, held_t) -> torch.Tensor:
-    """[F] timesteps: `t` on the moving frames, `held_t` on the others."""
-    return torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(held_t, dtype=torch.float32))

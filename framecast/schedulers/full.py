@@ -17,7 +17,7 @@ from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
 
-from framecast.schedulers.band import BandLag, band_levels_F
+from framecast.schedulers.band import BandLag
 from framecast.schedulers.base import Schedule, check_cancel
 
 
@@ -99,17 +99,21 @@ def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: 
         loop = BandLag(sampler, band, lat_1CFHW.shape[3], lat_1CFHW.device)
         for i in range(loop.calls):
             video_t, band_t = loop.levels(i)
-            v = denoise(lat_1CFHW, band_levels_F(moving_F, video_t, held_t), step=i, block=block, frames=frames,
-                        band_t=band_levels_F(moving_F, band_t, held_t))
+            v = denoise(lat_1CFHW, frame_levels(moving_F, video_t, held_t), step=i, block=block, frames=frames,
+                        band_t=frame_levels(moving_F, band_t, held_t))
             lat_1CFHW = loop.step(v, i, lat_1CFHW, moving_F)
             if on_step is not None:
                 on_step(first + i)
         return lat_1CFHW
     for i, t in enumerate(sampler.timesteps):
-        t_F = torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32),
-                          torch.as_tensor(held_t, dtype=torch.float32))
-        stepped = sampler.step(denoise(lat_1CFHW, t_F, step=i, block=block, frames=frames), t, lat_1CFHW)
+        stepped = sampler.step(denoise(lat_1CFHW, frame_levels(moving_F, t, held_t), step=i, block=block,
+                                       frames=frames), t, lat_1CFHW)
         lat_1CFHW = torch.where(keep, lat_1CFHW, stepped)
         if on_step is not None:
             on_step(first + i)
     return lat_1CFHW
+
+
+def frame_levels(moving_F: torch.Tensor, t, held_t) -> torch.Tensor:
+    """[F] timesteps: `t` on the moving frames, `held_t` on the others."""
+    return torch.where(moving_F, torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(held_t, dtype=torch.float32))
