@@ -200,7 +200,7 @@ class WindowSchedule(Schedule):
         lat = engine.initial_latents(req).to(engine.device)
         sampler = engine.make_sampler()
         plan = self.plan(req, len(sampler.timesteps))
-        with tqdm(total=plan.calls, desc="denoise", unit="window", disable=not progress) as bar:
+        with tqdm(total=self.total_steps(req), desc="denoise", unit="window", disable=not progress) as bar:
             lat = denoise_windows(denoise, lat, sampler, plan, on_call=lambda: (bar.update(), check_cancel(cancel)),
                                   band=denoise.band)
         for f in range(lat.shape[2]):  # every frame is final only now; hand them out one at a time

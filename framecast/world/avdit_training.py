@@ -11,7 +11,9 @@ sound encoded by the preset's mel codec (engine/audio.py) into the band below ea
 tall latent x0 [B, 3, F, 32 + 4, 32]. Noise levels per frame from the world recipe's
 `train.sample_sigmas` (so a share of the clips keeps its first frame nearly clean, as the rollout
 schedule's context frame is), the SAME σ for a frame's video rows and its audio band (both
-modalities share the timestep, as at inference), x_σ = (1 − σ)·x0 + σ·noise. The loss is the
+modalities share the timestep, as at inference with model.avdit.audio_lag 0; with
+`--audio-lag-prob P` a share P of the clips has its video rows at u·σ, u ~ U[0, 1], the band at σ
+and its own timestep, as a lagged band meets them), x_σ = (1 − σ)·x0 + σ·noise. The loss is the
 flow-matching velocity MSE on the audio band only, over the frames that are not nearly clean
 context (σ ≥ --context-sigma-max): the video rows are input, never target (the backbone is
 frozen, and the fusion block's video gates, which only a video loss could move, stay at zero).
