@@ -277,3 +277,23 @@ def test_fusion_positions_start_at_nothing_and_never_reach_the_video():
         after = run_model(placed, x, t, Conditioning(text))
     assert torch.equal(after[..., :16, :], before[..., :16, :])
     assert (after[..., 16:, :] - before[..., 16:, :]).abs().max() > 1e-3
+
+
+def test_band_timesteps_reach_only_the_audio_tokens():
+    """Conditioning.audio_timesteps (model.avdit.audio_lag's band level): the video's timesteps given
+    again change nothing; other ones change the band rows only."""
+    from framecast.models.blocks import run_model
+    from framecast.models.conditioning import Conditioning
+
+    _, av = _pair()
+    with torch.no_grad():
+        av.fusion.gate_audio.normal_(0, 0.2)  # an open audio gate; the video's stays 0, as training leaves it
+    x, text = torch.randn(2, 3, 3, 20, 16), torch.randn(2, 5, 16)
+    t = torch.tensor([[900.0, 500.0, 100.0], [300.0, 300.0, 0.0]])
+    with torch.no_grad():
+        plain = run_model(av, x, t, Conditioning(text))
+        same = run_model(av, x, t, Conditioning(text, audio_timesteps=t))
+        other = run_model(av, x, t, Conditioning(text, audio_timesteps=torch.full((2,), 1000.0)))
+    assert torch.equal(plain, same)  # the video's timesteps given again: nothing changes
+    assert torch.equal(other[..., :16, :], plain[..., :16, :])       # the video rows never read the band's time
+    assert (other[..., 16:, :] - plain[..., 16:, :]).abs().max() > 1e-3

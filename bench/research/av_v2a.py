@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-PROMPTS = ["a red circle moving right", "a blue square moving down", "a green triangle moving left",
-           "a yellow circle moving up and a cyan square moving right", "a magenta triangle moving down"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the prompts of av_sync.py
+
+from av_sync import PROMPTS  # noqa: E402
 
 
 def sound_for(engine, frames: np.ndarray, prompt: str, seed: int, chunk: int) -> np.ndarray:
