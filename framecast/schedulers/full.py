@@ -93,7 +93,6 @@ def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: 
     model at timestep `held_t`. `block`: which trajectory this is (the feature cache's state key);
     `start`: the video's latent frame the window begins at (`frames=` of each call); `band`: (rows,
     lag) of an audio band run `lag` steps behind the video (schedulers/band.py): steps + lag calls."""
-    keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
     frames = range(start, start + lat_1CFHW.shape[2])  # the video's frames this window holds
     if band[1]:
         loop = BandLag(sampler, band, lat_1CFHW.shape[3], lat_1CFHW.device)
@@ -105,6 +104,7 @@ def denoise_part(denoise: Callable, lat_1CFHW: torch.Tensor, sampler, moving_F: 
             if on_step is not None:
                 on_step(first + i)
         return lat_1CFHW
+    keep = ~moving_F.to(lat_1CFHW.device)[None, None, :, None, None]
     for i, t in enumerate(sampler.timesteps):
         stepped = sampler.step(denoise(lat_1CFHW, frame_levels(moving_F, t, held_t), step=i, block=block,
                                        frames=frames), t, lat_1CFHW)

@@ -223,7 +223,8 @@ def denoise_windows(denoise: Callable, lat_1CFHW: "torch.Tensor", sampler, plan:
         raise ValueError(f"the plan has {plan.steps} steps, the sampler {len(sampler.timesteps)}")
     loop = BandLag(sampler, band, lat_1CFHW.shape[3], lat_1CFHW.device) if band[1] else None
     for i in range(plan.steps + band[1]):
-        t, levels = sampler.timesteps[min(i, plan.steps - 1)], {}
+        step = min(i, plan.steps - 1)  # the lag's extra sweeps use the last step's windows
+        t, levels = sampler.timesteps[step], {}
         if loop is not None:
             t, band_t = loop.levels(i)
             levels = {"band_t": band_t}
@@ -231,7 +232,7 @@ def denoise_windows(denoise: Callable, lat_1CFHW: "torch.Tensor", sampler, plan:
         # latent has (Latte's learned sigma), which the sampler reads
         v_1CFHW = None
         norm_F = torch.zeros(lat_1CFHW.shape[2], dtype=lat_1CFHW.dtype, device=lat_1CFHW.device)
-        windows = plan.windows[min(i, plan.steps - 1)]
+        windows = plan.windows[step]
         for w, weights in zip(windows, merge_weights(windows)):
             out = denoise(lat_1CFHW[:, :, w.start:w.stop].contiguous(), t, step=i, block=w.start, frames=w, **levels)
             if v_1CFHW is None:
