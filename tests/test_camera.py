@@ -132,6 +132,25 @@ def test_adapter_has_the_wan_lineage_shapes():
     assert adapter(rays).shape == (1, 3 * 2 * 3, 16)                     # tokens: 3 x (32/16) x (48/16)
 
 
+def test_rays_made_per_window_equal_the_whole_videos():
+    """CameraRays.window (what a schedule's window reads, so a minute of rays is never held) equals
+    those latent frames of the whole video's rays, poses relative to the video's frame 0, for
+    every window and temporal stride."""
+    from framecast.models.camera import CameraRays
+
+    for ts, video_frames, move in ((1, 7, "pan-left:2"), (4, 13, "zoom-in:1"), (4, 13, "pan-up:3")):
+        poses = trajectory(move, video_frames, 32, 48)
+        whole = group_frames(plucker(poses.K_F33, poses.c2w_F44, 32, 48), ts)[None]   # straight from the poses
+        rays = CameraRays(poses, ts, 32, 48)
+        assert rays.frames == whole.shape[2] == 1 + (video_frames - 1) // ts
+        for start in range(rays.frames):
+            for stop in range(start + 1, rays.frames + 1):
+                assert torch.equal(rays.window(range(start, stop)), whole[:, :, start:stop]), (move, start, stop)
+    for bad in (range(0, 5), range(2, 2), range(-1, 1)):
+        with pytest.raises(ValueError, match="the video has 4"):
+            rays.window(bad)
+
+
 def test_family_without_a_token_grid_refuses_a_camera_adapter():
     from framecast.config import ConfigError
 
@@ -223,11 +242,22 @@ def test_camera_lora_weights_round_trip(tmp_path):
     save_weights(torch.nn.ModuleDict({"camera": adapter}), path)        # as `framecast train --camera` saves
     loaded = load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}"]))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in adapter.state_dict().items())
-    for rank in (8, 0):
+    for wrong, named in ((["camera.lora_rank=8"], "this config has camera.lora_rank=8 camera.lora_targets=self"),
+                         (["camera.lora_rank=0"], "this config has camera.lora_rank=0"),
+                         (["camera.lora_targets=all"], "this config has camera.lora_rank=16 camera.lora_targets=all")):
         with pytest.raises(ValueError, match="do not match this model's camera adapter") as err:
-            load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}",
-                                                            f"camera.lora_rank={rank}"]))
+            load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}", *wrong]))
         assert len(str(err.value).splitlines()) == 1
+        assert "trained with camera.lora_rank=16 camera.lora_targets=self" in str(err.value) and named in str(err.value)
+    everywhere = CameraAdapter.for_config(load_config("tiny-camera", ["camera.lora_rank=4", "camera.lora_targets=all"]))
+    save_weights(torch.nn.ModuleDict({"camera": everywhere}), path)
+    with pytest.raises(ValueError, match="trained with camera.lora_rank=4 camera.lora_targets=all, this config has "
+                                         "camera.lora_rank=16 camera.lora_targets=self"):
+        load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}"]))
+    plain = CameraAdapter.for_config(load_config("tiny-camera", ["camera.lora_rank=0"]))
+    save_weights(torch.nn.ModuleDict({"camera": plain}), path)
+    with pytest.raises(ValueError, match="trained with camera.lora_rank=0, this config has camera.lora_rank=16"):
+        load_camera_adapter(load_config("tiny-camera", [f"camera.weights={path}"]))
 
 
 def test_camera_lora_rank_is_checked():

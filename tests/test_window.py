@@ -287,7 +287,7 @@ def test_a_camera_adapter_reads_each_windows_rays(tmp_path, monkeypatch):
     from framecast import Engine
     from framecast.config import load_config
     from framecast.engine.denoise import Denoiser
-    from framecast.models.camera import CameraAdapter
+    from framecast.models.camera import CameraAdapter, camera_rays
 
     torch.manual_seed(0)
     adapter = CameraAdapter.for_config(load_config("tiny-camera"))
@@ -298,7 +298,8 @@ def test_a_camera_adapter_reads_each_windows_rays(tmp_path, monkeypatch):
 
     def spy(self, text, frames):
         cond = conditioning(self, text, frames)
-        seen.append(torch.equal(cond.camera_BRFHW[:1], self.camera_1RFHW[:, :, frames.start:frames.stop]))
+        whole = camera_rays(self.camera.poses, self.camera.temporal_stride, self.camera.height, self.camera.width)
+        seen.append(torch.equal(cond.camera_BRFHW[:1], whole[:, :, frames.start:frames.stop]))
         return cond
 
     monkeypatch.setattr(Denoiser, "conditioning", spy)

@@ -39,10 +39,11 @@ def combine_cfg(out_BCFHW: torch.Tensor, guidance: float) -> torch.Tensor:
 class Denoiser:
     def __init__(self, model, cond_1SD: torch.Tensor, uncond_1SD: Optional[torch.Tensor], guidance: float,
                  dtype: torch.dtype, device: torch.device, attention: Optional[AttentionRuntime] = None,
-                 cache=None, camera_1RFHW: Optional[torch.Tensor] = None):
-        # the request's camera rays for the whole video (Plücker [1, R, F, H, W] per latent frame,
-        # models/conditioning.py) or None; each call reads the frames it names (`frames`)
-        self.camera_1RFHW = camera_1RFHW
+                 cache=None, camera=None):
+        # the request's camera rays (models/camera.py: CameraRays, Plücker per latent frame) or None;
+        # each call makes the rays of the frames it names (`frames`) only, kept while calls name the same
+        # frames (a chunk's or window's steps): (frames, rays on the device) of the last call
+        self.camera, self.camera_window = camera, None
         self.cache = cache  # a feature cache (framecast.models.caches), fresh per request, or None
         self.attention = AttentionRuntime() if attention is None else attention
         check_backend(self.attention.backend)  # an unknown name fails here, before any model work
@@ -81,13 +82,13 @@ class Denoiser:
 
     def conditioning(self, text_BSD: torch.Tensor, frames: Optional[range]) -> Conditioning:
         """The conditioning of a pass over the video's latent frames `frames` (None: all of them)."""
-        camera = self.camera_1RFHW
-        if camera is not None:
-            if frames is None:
-                frames = range(camera.shape[2])
-            camera = camera[:, :, frames.start:frames.stop].to(device=self.device, dtype=self.dtype)
-            camera = camera.expand(text_BSD.shape[0], -1, -1, -1, -1)
-        return Conditioning(text_BSD, camera_BRFHW=camera)
+        if self.camera is None:
+            return Conditioning(text_BSD)
+        frames = range(self.camera.frames) if frames is None else frames
+        if self.camera_window is None or self.camera_window[0] != frames:
+            self.camera_window = None  # the previous window's rays go before the next one's are made
+            self.camera_window = frames, self.camera.window(frames).to(device=self.device, dtype=self.dtype)
+        return Conditioning(text_BSD, camera_BRFHW=self.camera_window[1].expand(text_BSD.shape[0], -1, -1, -1, -1))
 
     @torch.no_grad()
     def __call__(self, lat_1CFHW: torch.Tensor, t, step: Optional[int] = None, block: int = 0,

@@ -267,7 +267,7 @@ class Engine:
     def denoiser(self, prompt: str, negative_prompt: str, cache="configured", camera=None):
         """The guided model call for these prompts (CFG per sampler.guidance_scale), with a fresh
         feature cache of `cache.kind` (or the `cache` given: an object, or None for none) and the
-        request's camera rays `camera` ([1, R, F', H, W], `camera_rays`; None: no camera)."""
+        request's camera rays `camera` (`camera_rays`; None: no camera)."""
         from framecast.engine.denoise import Denoiser, cfg_prompts
 
         g = self.cfg.sampler.guidance_scale
@@ -276,16 +276,16 @@ class Engine:
         if isinstance(cache, str):  # "configured"
             cache = self.feature_cache()
         return Denoiser(self.model, text[:1], uncond, g, self.dtype, self.device,
-                        attention=self.attention.for_request(), cache=cache, camera_1RFHW=camera)
+                        attention=self.attention.for_request(), cache=cache, camera=camera)
 
-    def camera_rays(self, req: Request) -> Optional[torch.Tensor]:
-        """The request's Plücker camera rays per latent frame [1, R, F', H, W] (models/camera.py), or
-        None when it has no camera."""
+    def camera_rays(self, req: Request):
+        """The request's Plücker camera rays per latent frame (models/camera.py: CameraRays, made per
+        window as the model reads them), or None when it has no camera."""
         if req.camera is None:
             return None
-        from framecast.models.camera import camera_rays
+        from framecast.models.camera import CameraRays
 
-        return camera_rays(req.camera, self.cfg.vae.temporal_stride, req.height, req.width)
+        return CameraRays(req.camera, self.cfg.vae.temporal_stride, req.height, req.width)
 
     def cache_calibration(self):
         """The checked calibration of cache.kind (teacache, magcache; None for the others), loaded

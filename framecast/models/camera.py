@@ -2,7 +2,8 @@
 in the public Wan camera-control lineage; spec: shared/methods/model-zoo.md §5, §7, §8.6).
 
     rays_6FHW = plucker(K_F33, c2w_F44, height, width)        # one 6-vector per pixel and frame
-    camera_1RFHW = camera_rays(poses, temporal_stride, height, width)   # per latent frame
+    rays = CameraRays(poses, temporal_stride, height, width)   # per latent frame, made per window:
+    rays.window(range(s, e))                                    # [1, R, e - s, H, W]
     model = CameraModel(base_model, CameraAdapter.for_config(cfg))      # adapter(rays) + tokens
 
 Plücker rays (the CameraCtrl lineage's `ray_condition`, which the spec takes over the report's
@@ -63,12 +64,14 @@ class CameraConfig:
     CHOICES: ClassVar[dict] = {"lora_targets": ("self", "all")}
 
 
-def plucker(K_F33, c2w_F44, height: int, width: int) -> torch.Tensor:
-    """Plücker rays [6, F, H, W] float32 ([o x d, d], poses relative to frame 0) of cameras with
-    intrinsics K [F, 3, 3] (pixels) and camera-to-world extrinsics [F, 4, 4] (OpenCV axes)."""
+def plucker(K_F33, c2w_F44, height: int, width: int, origin_44=None) -> torch.Tensor:
+    """Plücker rays [6, F, H, W] float32 ([o x d, d], poses relative to `origin_44`, by default frame
+    0) of cameras with intrinsics K [F, 3, 3] (pixels) and camera-to-world extrinsics [F, 4, 4]
+    (OpenCV axes)."""
     K = np.asarray(K_F33, dtype=np.float64)
     c2w = np.asarray(c2w_F44, dtype=np.float64)
-    c2w = np.linalg.inv(c2w[0]) @ c2w                                         # relative to frame 0
+    origin = c2w[0] if origin_44 is None else np.asarray(origin_44, dtype=np.float64)
+    c2w = np.linalg.inv(origin) @ c2w                                         # relative to the origin
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     pix_3P = np.stack([u.ravel(), v.ravel(), np.ones(u.size)])                  # (3, H·W)
     d_cam_F3P = np.linalg.inv(K) @ pix_3P                                      # ((u-cx)/fx, (v-cy)/fy, 1)
@@ -94,10 +97,38 @@ def group_frames(rays_6FHW: torch.Tensor, temporal_stride: int) -> torch.Tensor:
     return rearrange(padded, "c (f k) h w -> (c k) f h w", k=ts)
 
 
+@dataclass(frozen=True)
+class CameraRays:
+    """A request's camera rays per latent frame, made for the frames a pass reads (`window`): a
+    minute of rays at pixel resolution is never held, so memory stays flat in the video's length.
+    `poses`: framecast.models.camera_poses.Poses, one per video frame (1 + temporal_stride·k)."""
+    poses: object
+    temporal_stride: int
+    height: int
+    width: int
+
+    @property
+    def frames(self) -> int:
+        """The video's latent frames."""
+        return 1 + (len(self.poses) - 1) // self.temporal_stride
+
+    def window(self, frames: range) -> torch.Tensor:
+        """Rays [1, R, len(frames), H, W] of latent frames `frames`: those frames of the whole video's
+        rays (poses relative to the video's frame 0). Latent frame j > 0 holds video frames
+        1 + (j − 1)·ts .. j·ts; a window from j > 0 is grouped from one frame earlier and drops it."""
+        if not 0 <= frames.start < frames.stop <= self.frames:
+            raise ValueError(f"camera rays of latent frames {frames.start}..{frames.stop - 1}: the video has "
+                             f"{self.frames}")
+        ts, p = self.temporal_stride, self.poses
+        first, stop = max(0, (frames.start - 1) * ts), (frames.stop - 1) * ts + 1
+        rays = plucker(p.K_F33[first:stop], p.c2w_F44[first:stop], self.height, self.width, origin_44=p.c2w_F44[0])
+        return group_frames(rays, ts)[None, :, int(frames.start > 0):]
+
+
 def camera_rays(poses, temporal_stride: int, height: int, width: int) -> torch.Tensor:
-    """A request's camera rays [1, R, F', H, W] (Conditioning.camera_BRFHW for the whole video)
-    from `poses` (framecast.models.camera_poses.Poses, one per video frame)."""
-    return group_frames(plucker(poses.K_F33, poses.c2w_F44, height, width), temporal_stride)[None]
+    """The whole video's camera rays [1, R, F', H, W] from `poses` (one per video frame)."""
+    rays = CameraRays(poses, temporal_stride, height, width)
+    return rays.window(range(rays.frames))
 
 
 class ResidualBlock(nn.Module):
@@ -285,6 +316,24 @@ def load_camera_adapter(cfg) -> CameraAdapter:
     try:
         adapter.load_state_dict(state, strict=True)
     except RuntimeError as e:
+        trained, wanted = lora_settings(state), f"camera.lora_rank={cfg.camera.lora_rank}"
+        if cfg.camera.lora_rank > 0:
+            wanted += f" camera.lora_targets={cfg.camera.lora_targets}"
+        if trained is not None and trained != wanted:
+            raise ValueError(f"{what} do not match this model's camera adapter: they were trained with {trained}, "
+                             f"this config has {wanted}") from None
         detail = " ".join(str(e).split()).replace("Error(s) in loading state_dict for CameraAdapter: ", "")
         raise ValueError(f"{what} do not match this model's camera adapter: {detail[:240]}") from None
     return adapter
+
+
+def lora_settings(state: dict) -> Optional[str]:
+    """The `camera.lora_rank=R camera.lora_targets=T` settings an adapter's tensors were made with
+    (`camera.lora_rank=0` without a LoRA); None when its first block's LoRA names match no target set."""
+    names = {k.split(".")[2] for k in state if k.startswith("lora.0.")}
+    if not names:
+        return "camera.lora_rank=0"
+    targets = [t for t, spec in LORA_TARGETS.items() if set(spec) == names]
+    if not targets or f"lora.0.{min(names)}.down.weight" not in state:
+        return None
+    return f"camera.lora_rank={state[f'lora.0.{min(names)}.down.weight'].shape[0]} camera.lora_targets={targets[0]}"

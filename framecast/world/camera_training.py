@@ -98,7 +98,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
     about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "max_offset": MAX_OFFSET, "params_camera": sum(p.numel() for p in nets.parameters()),
-        "lora_rank": cfg.camera.lora_rank,
+        "lora_rank": cfg.camera.lora_rank, "lora_targets": cfg.camera.lora_targets,
         "fg_weight": opt.fg_weight, "fg_reach": FG_REACH,
         "sigmas": {k: getattr(opt, k) for k in ("prefix_prob", "prefix_max", "uniform_prob", "sigma_uniform",
                                                 "context_sigma_max")}},
