@@ -18,7 +18,8 @@ follows the engine's proposal of shared/methods/model-zoo.md §4, adapted to a v
   modulation for audio tokens), rank-r LoRA on every block's attention projections (self q/k/v/o
   and cross q/k/v/o) applied to audio tokens only, the audio head, and one shared fusion block
   (joint self-attention + MLP over video and audio tokens, no mask) whose per-modality output
-  gates start at zero.
+  gates start at zero; with model.avdit.event_cue, the event cue (framecast/models/event_cue.py):
+  a per-frame detector on the video tokens whose reading is added to the frame's audio tokens.
 
 So with the fusion gates at zero the video rows are exactly the frozen backbone's output
 (tests/test_avdit_model.py compares them with WanModel). Trained on the audio loss only, the
@@ -45,6 +46,7 @@ from torch import nn
 from framecast.models.attention import attention
 from framecast.models.blocks import run_model
 from framecast.models.conditioning import Conditioning
+from framecast.models.event_cue import EventCue
 from framecast.models.layers import FP32LayerNorm, LoRA, apply_rope, cast_keeping_fp32, frame_timesteps
 from framecast.models.layers import rope_table as build_rope_table
 from framecast.models.vdt import sincos_2d
@@ -68,6 +70,9 @@ class AvditConfig:
     # column through a zero-initialised projection): where the walls are, which hop of its frame an audio
     # token is (the frozen backbone's tokens carry relative positions only); off in weights trained without
     fusion_positions: bool = False
+    # the event cue (framecast/models/event_cue.py): a per-frame detector on the video tokens, trained on
+    # the frames that click, whose reading is added to the frame's audio tokens before the fusion block
+    event_cue: bool = False
 
     MINIMUM: ClassVar[dict] = {"band_rows": 1, "lora_rank": 1, "fusion_ffn": 1, "audio_guidance": 0.0, "audio_lag": 0}
 
@@ -80,6 +85,7 @@ class AvditContext(WanContext):
     audio_temb_BFD: Optional[torch.Tensor] = None  # the audio tokens' time embedding (their own level)
     rows: tuple[int, int] = (0, 0)                 # (video, audio) token rows of every frame
     cut_video: bool = False                        # video states carry no gradient (frozen backbone): detach them
+    event_logits_BF: Optional[torch.Tensor] = None  # set by `head` when the model has an event cue
 
 
 def _split(x_BLD: torch.Tensor, f: int, nv: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,6 +275,7 @@ class AvditModel(nn.Module):
         nn.init.zeros_(self.audio_time_proj.weight)
         nn.init.zeros_(self.audio_time_proj.bias)
         self.fusion = FusionBlock(dim, num_attention_heads, avdit.fusion_ffn, eps, avdit.fusion_positions)
+        self.event_cue = EventCue(dim, eps=eps) if avdit.event_cue else None
         self.audio_scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
         self.audio_proj_out = nn.Linear(dim, patch_values)
         nn.init.zeros_(self.audio_proj_out.weight)
@@ -316,6 +323,11 @@ class AvditModel(nn.Module):
         if not keys & (own - backbone):
             return ("model.kind=avdit: the weights hold the backbone but no AV parts (audio_*, lora, fusion); "
                     "train them with `framecast train --av --preset tiny-av`")
+        for prefix, option in (("event_cue.", "event_cue"), ("fusion.positions.", "fusion_positions")):
+            held, built = any(k.startswith(prefix) for k in keys), any(k.startswith(prefix) for k in own)
+            if held != built:
+                return (f"model.avdit.{option}={str(built).lower()} does not fit the weights: they were trained "
+                        f"with {option}={str(held).lower()} (set model.avdit.{option}={str(held).lower()})")
         return None
 
     def freeze_backbone(self) -> "AvditModel":
@@ -381,11 +393,16 @@ class AvditModel(nn.Module):
         return x_BLD, ctx
 
     def head(self, x_BLD: torch.Tensor, ctx: AvditContext) -> torch.Tensor:
-        """The fusion block, then the frozen video head and the audio head -> tall [B, C, F, H + R, W]."""
+        """The event cue (if any), the fusion block, then the frozen video head and the audio head -> tall
+        [B, C, F, H + R, W]. The cue's per-frame logits are left on `ctx.event_logits_BF` (training reads them)."""
         if ctx.mask is not None:
             raise ValueError("model.kind=avdit carries its own modality mask; it takes no ctx.mask (schedule.name=nfd)")
-        x_BLD = self.fusion(x_BLD, ctx)
         f, (hv, ha), gw = ctx.temb_BFD.shape[1], ctx.rows, ctx.grid[2]
+        if self.event_cue is not None:
+            xv, xa = _split(x_BLD, f, hv * gw)
+            ctx.event_logits_BF, cue_BFD = self.event_cue(xv.detach() if ctx.cut_video else xv, (hv, gw), ctx.temb_BFD)
+            x_BLD = _join(xv, (xa.float() + cue_BFD.float()[:, :, None]).to(xa.dtype))
+        x_BLD = self.fusion(x_BLD, ctx)
         xv, xa = _split(x_BLD, f, hv * gw)
         outs = []
         for x, table, proj, h, temb in ((xv, self.scale_shift_table, self.proj_out, hv, ctx.temb_BFD),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from framecast.config import Config, load_config
-from framecast.world.train import TrainOptions, describe_device, ema_update, lr_at, save_weights
+from framecast.world.train import TrainOptions, check_stop_at, describe_device, ema_update, lr_at, save_weights
 
 
 def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, TrainOptions, str]:
@@ -34,13 +34,14 @@ def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, Train
                          f"{args.frames[0]}")
     if args.logit_std <= 0:
         raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
+    check_stop_at(args.stop_at, args.steps)
     for name in ("caption_dropout", "lr_final", "offset_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     cfg = load_config(args.preset, args.overrides)
     opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
                        lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
-                       offset_prob=args.offset_prob, save_every=args.save_every)
+                       offset_prob=args.offset_prob, save_every=args.save_every, stop_at=args.stop_at)
     prog = Path(sys.argv[0]).name
     command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
     return cfg, opt, command
@@ -110,7 +111,8 @@ def finetune_loop(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,
                   max_seconds: Optional[float] = None, checkpoint: Optional[Callable[[], None]] = None,
                   checkpoint_every: int = 0) -> tuple[list[float], float]:
     """Run up to `steps` steps of `loss_at(step)` (stopping early once `max_seconds` of wall time
-    have passed: a finished run of fewer steps); `checkpoint()` every `checkpoint_every` steps.
+    have passed, or after step `opt.stop_at`: a finished run of fewer steps, its learning rate on the
+    schedule of `steps`); `checkpoint()` every `checkpoint_every` steps.
     Returns (the loss of every step, wall seconds)."""
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
@@ -129,6 +131,6 @@ def finetune_loop(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             checkpoint()
-        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+        if (max_seconds is not None and time.perf_counter() - t0 >= max_seconds) or step + 1 == opt.stop_at:
             break
     return losses, time.perf_counter() - t0

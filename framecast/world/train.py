@@ -66,6 +66,8 @@ class TrainOptions:
                                   # where a next-frame model must predict from its context alone
     lr_final: float = 0.1         # cosine decay after warm-up, to lr·lr_final at the last step (1 = constant)
     save_every: int = 250         # steps between checkpoints (and always at the end)
+    stop_at: Optional[int] = None  # one-stage recipes (--av, --vin, --vdt, --camera): stop after this step, the
+                                  # learning rate following the schedule of all the steps (reproduces a cut run)
     play: bool = False            # block-causal play model with actions (tiny-play)
     context_sigma_max: float = 0.1  # play: context frames noised at σc ~ U[0, this] (GameNGen augmentation)
     distill_from: str = ""        # play: teacher weights (a train --out folder or builtin:NAME) -> few-step student
@@ -464,6 +466,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-lag-prob", type=float, default=0.0,
                         help="--av: share of clips whose video is cleaner than their sound (σ_video = u·σ_band, "
                              "u ~ U[0, 1]), as model.avdit.audio_lag samples them")
+    parser.add_argument("--cue-weight", type=float, default=0.0,
+                        help="--av with model.avdit.event_cue=true: weight of the event cue's cross-entropy "
+                             "against the frames that click (0 = no direct supervision)")
     parser.add_argument("--camera", action="store_true",
                         help="train a camera adapter on the frozen tiny model, on camera clips of the world "
                              "(--preset tiny-camera; framecast/world/camera_training.py, docs/camera.md)")
@@ -521,6 +526,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop (and save) after this step; the learning rate still follows --steps")
 
 
+def check_stop_at(stop_at: Optional[int], steps: int) -> None:
+    """--stop-at, if given, must name one of the run's steps (one line otherwise)."""
+    if stop_at is not None and not 1 <= stop_at <= steps:
+        raise ValueError(f"--stop-at must lie in [1, --steps] = [1, {steps}], got {stop_at}")
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.logit_std <= 0:
         raise ValueError(f"--logit-std must be > 0, got {args.logit_std}")
@@ -533,8 +544,7 @@ def run_train(args: argparse.Namespace) -> int:
     if len(args.batch) != len(args.frames):
         raise ValueError(f"--batch needs one value per --frames value: got --frames {' '.join(map(str, args.frames))} "
                          f"and --batch {' '.join(map(str, args.batch))}")
-    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
-        raise ValueError(f"--stop-at must lie in [1, --steps] = [1, {args.steps}], got {args.stop_at}")
+    check_stop_at(args.stop_at, args.steps)
     for name in ("caption_dropout", "uniform_prob", "lr_final", "context_sigma_max", "sigma_uniform", "draft_prob",
                  "prefix_prob", "offset_prob", "dualparal_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
