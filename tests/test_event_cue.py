@@ -120,9 +120,9 @@ def test_weights_and_config_must_agree_on_the_cue():
     assert cued.weights_problem(set(cued.state_dict())) is None
 
 
-def test_av_training_stops_at_stop_at_on_the_full_schedule(tmp_path, capsys):
+def test_av_training_stop_at_and_av_only_options(tmp_path, capsys):
     """`framecast train --av --steps N --stop-at K` (how a run cut by --max-minutes is reproduced): K steps
-    and their weights; a --stop-at outside [1, N] is one line, nothing written."""
+    and their weights; a --stop-at outside [1, N], or AV options without --av, are one line, nothing written."""
     import json
 
     from framecast.launch.cli import main
@@ -133,6 +133,11 @@ def test_av_training_stops_at_stop_at_on_the_full_schedule(tmp_path, capsys):
     assert main([*common, "--stop-at", "41", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--stop-at must lie in [1, --steps] = [1, 40], got 41" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+    out = tmp_path / "plain"
+    assert main(["train", "--steps", "1", "--cue-weight", "0.5", "--click-weight", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--click-weight, --cue-weight: for AV-DiT's audio parts only; add --av" in err and len(err.splitlines()) == 1
     assert not out.exists()
     assert main([*common, "--stop-at", "2", "--out", str(tmp_path / "cut")]) == 0
     meta = json.loads((tmp_path / "cut" / "weights.json").read_text())
