@@ -49,9 +49,9 @@ def main() -> None:
     model, text_encoder, codec = nets["transformer"].eval(), nets["text_encoder"].eval(), codec_for(cfg)
     batch = next(av_world_batches(a.seed, a.clips, a.frames, offset_prob=0.5))
     band = codec.encode(batch["audio"])
-    events = click_hops(codec, band).any(-1)                                         # (B, F)
+    lab = click_hops(codec, band).any(-1).flatten()                           # (B·F,) the frames that click
     x0 = torch.cat([batch["video"], band], dim=3)
-    rows, h = band.shape[3], x0.shape[3]
+    (b, _, f, h), rows = x0.shape[:4], band.shape[3]
     gen = torch.Generator().manual_seed(a.seed)
     noise = torch.randn(x0.shape, generator=gen)
     rows_out = []
@@ -61,11 +61,9 @@ def main() -> None:
             s = torch.cat([torch.full((1, 1, 1, h - rows, 1), sigma), torch.ones(1, 1, 1, rows, 1)], dim=3)
             x_t = (1 - s) * x0 + s * noise
             ctxs = []
-            b, f = x0.shape[0], x0.shape[2]
             run_model(model, x_t, torch.full((b, f), sigma * 1000), Conditioning(text, audio_timesteps=torch.full((b, f), 1000.0)),
                       prepare=lambda c: ctxs.append(c) or c)
             logits = ctxs[0].event_logits_BF.flatten()
-            lab = events.flatten()
             hit = (logits > 0) & lab
             rows_out.append({"video_sigma": sigma, "auc": auc(logits, lab), "recall": float(hit.sum() / lab.sum().clamp_min(1)),
                              "precision": float(hit.sum() / (logits > 0).sum().clamp_min(1)),

@@ -142,7 +142,7 @@ def av_loss(nets: nn.ModuleDict, codec, batch: dict, gen: torch.Generator, opt: 
 def train_av(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
              opt: TrainOptions | None = None, command: str = "", log_every: int = 25,
              max_seconds: float | None = None, device: str = "cpu", click_weight: float = 1.0,
-             lag_prob: float = 0.0, cue_weight: float = 0.0) -> dict:
+             lag_prob: float = 0.0, cue_weight: float = 0.0, stop_at: int | None = None) -> dict:
     from framecast.engine.audio import codec_for
     from framecast.world.audio import av_world_batches
     from framecast.world.captions import tokenize
@@ -174,7 +174,7 @@ def train_av(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
         "audio_lag_prob": lag_prob, "cue_weight": cue_weight,
         "sigmas": {k: getattr(opt, k) for k in ("uniform_prob", "sigma_uniform", "prefix_prob", "prefix_max",
                                                 "context_sigma_max")}},
-                            log_every=log_every, max_seconds=max_seconds)
+                            log_every=log_every, max_seconds=max_seconds, stop_at=stop_at)
 
 
 def run_av_train(args) -> int:
@@ -195,6 +195,6 @@ def run_av_train(args) -> int:
     meta = train_av(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed, opt=opt, command=command,
                     log_every=args.log_every, device=args.device, click_weight=args.click_weight,
                     lag_prob=args.audio_lag_prob, cue_weight=args.cue_weight,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, stop_at=args.stop_at)
     report_run(meta, args.out)
     return 0

@@ -75,7 +75,8 @@ def camera_loss(model: CameraModel, text_encoder: nn.Module, batch: dict, gen: t
 
 def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
              init_from: str = "builtin:tiny", opt: TrainOptions | None = None, command: str = "",
-             log_every: int = 25, max_seconds: float | None = None, device: str = "cpu") -> dict:
+             log_every: int = 25, max_seconds: float | None = None, device: str = "cpu",
+             stop_at: int | None = None) -> dict:
     from framecast.world.camera_scenes import camera_batches
     from framecast.world.captions import tokenize
 
@@ -102,7 +103,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
         "fg_weight": opt.fg_weight, "fg_reach": FG_REACH,
         "sigmas": {k: getattr(opt, k) for k in ("prefix_prob", "prefix_max", "uniform_prob", "sigma_uniform",
                                                 "context_sigma_max")}},
-                            log_every=log_every, max_seconds=max_seconds)
+                            log_every=log_every, max_seconds=max_seconds, stop_at=stop_at)
 
 
 def run_camera_train(args) -> int:

@@ -41,7 +41,7 @@ def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, Train
     cfg = load_config(args.preset, args.overrides)
     opt = TrainOptions(lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
                        lr_final=args.lr_final, logit_mean=args.logit_mean, logit_std=args.logit_std,
-                       offset_prob=args.offset_prob, save_every=args.save_every, stop_at=args.stop_at)
+                       offset_prob=args.offset_prob, save_every=args.save_every)
     prog = Path(sys.argv[0]).name
     command = " ".join(["python -m framecast" if prog == "__main__.py" else prog, shlex.join(sys.argv[1:])])
     return cfg, opt, command
@@ -50,14 +50,14 @@ def one_stage_run(args, flag: str, drop: tuple[str, ...]) -> tuple[Config, Train
 def run_adapter_recipe(args, flag: str, finetune: Callable[..., dict], adjust: Optional[Callable] = None) -> int:
     """`framecast train FLAG ...` for a recipe that adds a module to the trained `tiny` (--vin,
     --camera): `finetune(cfg, out, steps, batch, frames, seed, init_from=, opt=, command=, log_every=,
-    device=, max_seconds=)` with the parsed arguments; `adjust(opt) -> opt` sets the recipe's own options."""
+    device=, max_seconds=, stop_at=)` with the parsed arguments; `adjust(opt) -> opt` sets the recipe's own options."""
     cfg, opt, command = one_stage_run(args, flag, ("play", "resume", "distill_from"))
     if adjust is not None:
         opt = adjust(opt)
     meta = finetune(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed,
                     init_from=args.init_from or "builtin:tiny", opt=opt, command=command,
                     log_every=args.log_every, device=args.device,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, stop_at=args.stop_at)
     report_run(meta, args.out)
     return 0
 
@@ -82,12 +82,13 @@ def run_about(cfg: Config, command: str, init_from: str, seed: int, batch: int, 
 
 def train_and_record(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,
                      loss_at: Callable[[int], torch.Tensor], steps: int, opt: TrainOptions, out: Path,
-                     about: dict, extra: dict, log_every: int = 25, max_seconds: Optional[float] = None) -> dict:
+                     about: dict, extra: dict, log_every: int = 25, max_seconds: Optional[float] = None,
+                     stop_at: Optional[int] = None) -> dict:
     """`finetune_loop` with the EMA saved to out/weights.safetensors every `opt.save_every` steps and
     at the end, and out/weights.json written: `about` (command, preset, init_from, seed, batch,
     frames, device), the run's steps, wall time, s/step and final loss (mean of the last 50), the
     recipe's `extra` fields, the options and every step's loss. Returns that record (losses unrounded)."""
-    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds,
+    losses, wall = finetune_loop(nets, ema, optim, loss_at, steps, opt, log_every, max_seconds, stop_at,
                                  checkpoint=lambda: save_weights(ema, out / "weights.safetensors"),
                                  checkpoint_every=opt.save_every)
     save_weights(ema, out / "weights.safetensors")
@@ -108,10 +109,11 @@ def report_run(meta: dict, out: str | Path) -> None:
 
 def finetune_loop(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,
                   loss_at: Callable[[int], torch.Tensor], steps: int, opt: TrainOptions, log_every: int = 0,
-                  max_seconds: Optional[float] = None, checkpoint: Optional[Callable[[], None]] = None,
+                  max_seconds: Optional[float] = None, stop_at: Optional[int] = None,
+                  checkpoint: Optional[Callable[[], None]] = None,
                   checkpoint_every: int = 0) -> tuple[list[float], float]:
     """Run up to `steps` steps of `loss_at(step)` (stopping early once `max_seconds` of wall time
-    have passed, or after step `opt.stop_at`: a finished run of fewer steps, its learning rate on the
+    have passed, or after step `stop_at`: a finished run of fewer steps, its learning rate on the
     schedule of `steps`); `checkpoint()` every `checkpoint_every` steps.
     Returns (the loss of every step, wall seconds)."""
     losses, t0 = [], time.perf_counter()
@@ -131,6 +133,6 @@ def finetune_loop(nets: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer,
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             checkpoint()
-        if (max_seconds is not None and time.perf_counter() - t0 >= max_seconds) or step + 1 == opt.stop_at:
+        if (max_seconds is not None and time.perf_counter() - t0 >= max_seconds) or step + 1 == stop_at:
             break
     return losses, time.perf_counter() - t0

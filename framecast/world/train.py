@@ -66,8 +66,6 @@ class TrainOptions:
                                   # where a next-frame model must predict from its context alone
     lr_final: float = 0.1         # cosine decay after warm-up, to lr·lr_final at the last step (1 = constant)
     save_every: int = 250         # steps between checkpoints (and always at the end)
-    stop_at: Optional[int] = None  # one-stage recipes (--av, --vin, --vdt, --camera): stop after this step, the
-                                  # learning rate following the schedule of all the steps (reproduces a cut run)
     play: bool = False            # block-causal play model with actions (tiny-play)
     context_sigma_max: float = 0.1  # play: context frames noised at σc ~ U[0, this] (GameNGen augmentation)
     distill_from: str = ""        # play: teacher weights (a train --out folder or builtin:NAME) -> few-step student

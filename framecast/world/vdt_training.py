@@ -114,7 +114,7 @@ def vdt_loss(nets: nn.ModuleDict, batch: dict, gen: torch.Generator, opt: TrainO
 
 def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
               opt: TrainOptions | None = None, init_from: str = "", command: str = "", log_every: int = 25,
-              max_seconds: float | None = None, device: str = "cpu") -> dict:
+              max_seconds: float | None = None, device: str = "cpu", stop_at: int | None = None) -> dict:
     """Train (or, with `init_from`, continue from an earlier run's weights) and write out/."""
     from safetensors.torch import load_file
 
@@ -144,7 +144,7 @@ def train_vdt(cfg: Config, out: str | Path, steps: int, batch: int, frames: int,
     about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "params": sum(p.numel() for p in nets.parameters()), "spatial_prob": SPATIAL_PROB},
-                            log_every=log_every, max_seconds=max_seconds)
+                            log_every=log_every, max_seconds=max_seconds, stop_at=stop_at)
 
 
 def run_vdt_train(args) -> int:
@@ -152,6 +152,6 @@ def run_vdt_train(args) -> int:
     cfg, opt, command = one_stage_run(args, "--vdt", ("play", "vin", "resume", "distill_from"))
     meta = train_vdt(cfg, args.out, args.steps, args.batch[0], args.frames[0], args.seed, opt=opt,
                      init_from=args.init_from, command=command, log_every=args.log_every, device=args.device,
-                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, stop_at=args.stop_at)
     report_run(meta, args.out)
     return 0

@@ -98,7 +98,8 @@ def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator
 
 def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
              init_from: str = "builtin:tiny", opt: TrainOptions | None = None, command: str = "",
-             log_every: int = 25, max_seconds: float | None = None, device: str = "cpu") -> dict:
+             log_every: int = 25, max_seconds: float | None = None, device: str = "cpu",
+             stop_at: int | None = None) -> dict:
     from framecast.world.captions import tokenize
     from framecast.world.scenes import world_batches
 
@@ -124,7 +125,7 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
         "chunk_frames": cfg.schedule.vin.chunk_frames, "overlap_frames": cfg.schedule.vin.overlap_frames,
         "vin": {"tokens": cfg.vin.tokens, "heads": cfg.vin.heads, "blocks": cfg.vin.blocks, "layers": list(cfg.vin.layers)},
         "params_vin": sum(p.numel() for p in nets["vin"].parameters())},
-                            log_every=log_every, max_seconds=max_seconds)
+                            log_every=log_every, max_seconds=max_seconds, stop_at=stop_at)
 
 
 def run_vin_train(args) -> int:
