@@ -52,3 +52,20 @@ def test_main_writes_rows_and_rejects_results_without_common_videos(compare, tmp
     assert "B − A" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no video in common"):
         compare.main([str(paths[0]), str(paths[2]), "--out", str(out)])
+
+
+def test_rows_pairs_two_rows_of_one_result(compare, tmp_path, capsys):
+    """--rows A B: row A's videos against row B's, same length, prompt and seed (one file may be both)."""
+    q = tmp_path / "q.json"
+    data = result("W", {"vin-no-tokens": [("p", 0, 0.2, 1.0), ("p", 1, 0.4, 0.5)],
+                        "vin": [("p", 1, 0.9, 0.5), ("p", 0, 0.3, 1.0)], "rollout": [("p", 0, 0.0, 0.0)]})
+    q.write_text(json.dumps({**data, "vin_weights": "V"}))
+    out = tmp_path / "cmp.json"
+    assert compare.main([str(q), str(q), "--rows", "vin-no-tokens", "vin", "--metrics", "direction",
+                         "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["n"] == 2 and row["diff"] == pytest.approx(((0.3 - 0.2) + (0.9 - 0.4)) / 2)
+    assert row["weights_a"] == row["weights_b"] == "V"  # the tiny-vin rows ran with the vin weights
+    assert "A's row vin-no-tokens against B's row vin" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"no video in common .*\(rows full and vin\)"):
+        compare.main([str(q), str(q), "--rows", "full", "vin", "--out", str(out)])

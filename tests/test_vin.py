@@ -190,6 +190,74 @@ def test_chunked_training_reduces_loss_on_a_fixed_batch():
     assert losses[-1] < losses[0], losses
 
 
+def test_drawn_windows_are_per_clip_and_all_by_default():
+    from framecast.world.vin_training import drawn_windows
+
+    gen = torch.Generator().manual_seed(0)
+    assert drawn_windows(5, 3, 0, gen) == [{0, 1, 2, 3, 4}] * 3
+    assert gen.initial_seed() == 0 and torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
+    drawn = drawn_windows(21, 8, 3, gen)
+    assert all(len(d) == 3 and d <= set(range(21)) for d in drawn)
+    assert len({frozenset(d) for d in drawn}) > 1  # drawn per clip, not one draw for the batch
+
+
+def test_windows_per_clip_reads_keyframes_of_the_whole_clip(monkeypatch):
+    """--vin-windows N: each clip gives exactly N windows, each reading its own clip's Z, which
+    comes from keyframes of the whole clip; N = all of them is the default loss."""
+    from framecast.config import load_config
+    from framecast.world import vin_training
+    from framecast.world.captions import tokenize
+    from framecast.world.scenes import world_batches
+    from framecast.world.train import TrainOptions
+
+    torch.set_num_threads(1)
+    cfg = load_config("tiny-vin")
+    nets = vin_training.build_vin_nets(cfg, "builtin:tiny", seed=0).eval()
+    batch = next(world_batches(0, 6, 30))  # 5 windows of 6 + 2 per clip, keyframes at 0, 8, 16, 24
+    empty = torch.tensor([tokenize("", max_len=16)])
+    opt = TrainOptions(caption_dropout=0.0)
+    keyframes, zs = [], []
+    vin_forward, run_model = nets["vin"].forward, vin_training.run_model
+
+    def spy_vin(x, t, text):
+        keyframes.append(x.shape[2])
+        return vin_forward(x, t, text)
+
+    def spy_model(model, x, t, cond, prepare):
+        zs.append(prepare(type("Ctx", (), {})()).interface.z_BND)
+        return run_model(model, x, t, cond, prepare=prepare)
+
+    monkeypatch.setattr(nets["vin"], "forward", spy_vin)
+    monkeypatch.setattr(vin_training, "run_model", spy_model)
+    with torch.no_grad():
+        full = vin_training.vin_loss(nets, cfg, batch, torch.Generator().manual_seed(3), opt, empty)
+        every = vin_training.vin_loss(nets, cfg, batch, torch.Generator().manual_seed(3), opt, empty,
+                                      windows_per_clip=5)
+        zs.clear()
+        two = vin_training.vin_loss(nets, cfg, batch, torch.Generator().manual_seed(3), opt, empty,
+                                    windows_per_clip=2)
+    assert torch.allclose(every, full, rtol=1e-6, atol=0) and not torch.allclose(two, full, rtol=1e-4, atol=0)
+    assert keyframes == [4, 4, 4]  # Z always reads the whole clip's keyframes
+    rows = torch.cat(zs)
+    assert rows.shape[0] == 6 * 2
+    readers = [sum(torch.equal(r, other) for other in rows) for r in rows]
+    assert readers == [2] * 12  # each clip's Z is read by exactly its 2 windows
+
+
+def test_vin_windows_out_of_range_or_without_vin_is_one_line(tmp_path, capsys):
+    from framecast.launch.cli import main
+
+    out = tmp_path / "vin"
+    assert main(["train", "--vin", "--preset", "tiny-vin", "--out", str(out), "--steps", "1", "--frames", "18",
+                 "--vin-windows", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--vin-windows 4: a clip of 18 frames has 3 windows" in err and len(err.splitlines()) == 1
+    assert main(["train", "--steps", "1", "--vin-windows", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--vin-windows: for the VIN recipe only; add --vin" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_train_command_writes_weights_that_the_tiny_vin_preset_runs(tmp_path, capsys):
     from framecast.launch.cli import main
 

@@ -5,6 +5,10 @@ weights without tokens (the start of the fine-tune); differences paired by batch
 levels and noise), mean ± standard error. Not a test.
 
     python bench/research/vin_token_loss.py --weights /tmp/fc_tiny_vin [--batches 32] [--batch 8]
+                                            [--frames 18] [--vin-windows N]
+
+`--frames 126 --vin-windows 3` scores as `framecast train --vin --frames 126 --vin-windows 3` trains:
+three windows of each clip under keyframes of the whole 126-frame clip.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=18)
+    ap.add_argument("--vin-windows", type=int, default=0, help="windows of each clip scored (0 = all)")
     ap.add_argument("--seed", type=int, default=999, help="held out: no training run used it")
     ap.add_argument("--out", default="bench/results/vin_token_loss.json")
     args = ap.parse_args()
@@ -48,11 +53,13 @@ def main() -> None:
             clips = next(stream)
             for (name, nets, tokens) in (("tiny-vin, tokens", trained, True), ("tiny-vin, no tokens", trained, False),
                                          ("tiny (shipped), no tokens", base, False)):
-                loss = vin_loss(nets, cfg, clips, step_generator(args.seed, i), opt, empty, interface=tokens)
+                loss = vin_loss(nets, cfg, clips, step_generator(args.seed, i), opt, empty, interface=tokens,
+                                windows_per_clip=args.vin_windows)
                 rows[name].append(loss.item())
     ref = rows["tiny-vin, tokens"]
     print(f"chunked velocity loss on {args.batches} held-out batches of {args.batch} clips x {args.frames} frames "
-          f"(seed {args.seed}); minus 'tiny-vin, tokens', paired by batch, mean ± s.e.")
+          f"(seed {args.seed}, windows per clip: {args.vin_windows or 'all'}); minus 'tiny-vin, tokens', "
+          f"paired by batch, mean ± s.e.")
     out = {}
     for name, losses in rows.items():
         diff = [a - b for a, b in zip(losses, ref)]

@@ -364,6 +364,8 @@ def cmd_train(args) -> int:
                                                  ("--cue-weight", args.cue_weight, 0.0)) if value != default]
     if av_only and not args.av:
         raise ValueError(f"{', '.join(av_only)}: for AV-DiT's audio parts only; add --av (--preset tiny-av)")
+    if args.vin_windows and not args.vin:
+        raise ValueError("--vin-windows: for the VIN recipe only; add --vin (--preset tiny-vin)")
     if args.vin:  # the VIN recipe (world/vin_training.py builds on world/train.py, so it is picked here)
         from framecast.world.vin_training import run_vin_train
         return run_vin_train(args)

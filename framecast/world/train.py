@@ -453,6 +453,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vin", action="store_true",
                         help="fine-tune with a VIN interface module, chunked (--preset tiny-vin; "
                              "framecast/world/vin_training.py, docs/vin.md)")
+    parser.add_argument("--vin-windows", type=int, default=0, metavar="N",
+                        help="--vin: windows of each clip the loss takes, drawn per clip (0 = all); with a long "
+                             "--frames the keyframes span much more than the windows, as at inference")
     parser.add_argument("--vdt", action="store_true",
                         help="train a VDT with its spatial-temporal mask modeling, from scratch "
                              "(--preset tiny-vdt; framecast/world/vdt_training.py)")

@@ -10,7 +10,10 @@ frames + the previous chunk's last F_local), and every window is its own sample 
 reading its clip's Z at the layers `vin.layers`: windows never attend to one another, so the
 only path between chunks is Z — the stop-gradient across chunks of the spec, with VIN and DiT
 trained end to end through Z. Loss: the velocity MSE over every window frame (overlap frames count
-in both windows: both predict them at inference). Caption dropout trains the empty prompt, which
+in both windows: both predict them at inference). `--vin-windows N` takes N windows of each clip
+(drawn per clip) instead of all of them: the keyframes then come from a clip much longer than the
+windows the loss trains on, as at inference, where a chunk reads the keyframes of the whole video
+(docs/vin.md, "Training"). Caption dropout trains the empty prompt, which
 the unconditional CFG branch gives both the DiT and the VIN processor.
 
 Starts from the shipped `tiny` weights (`--init-from`, default builtin:tiny) with a fresh VIN
@@ -25,6 +28,7 @@ time, losses).
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,10 +63,19 @@ def windows(cfg: Config, frames: int) -> list[range]:
     return [range(c.start, c.stop) for c in plan.chunks]
 
 
+def drawn_windows(count: int, clips: int, per_clip: int, gen: torch.Generator) -> list[set[int]]:
+    """Per clip, the indices of the windows the loss takes: `per_clip` of the `count`, drawn for
+    each clip from `gen` (0: all of them, drawing nothing)."""
+    if not per_clip:
+        return [set(range(count)) for _ in range(clips)]
+    return [set(torch.randperm(count, generator=gen)[:per_clip].tolist()) for _ in range(clips)]
+
+
 def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator, opt: TrainOptions,
-             empty_tokens: torch.Tensor, interface: bool = True) -> torch.Tensor:
+             empty_tokens: torch.Tensor, interface: bool = True, windows_per_clip: int = 0) -> torch.Tensor:
     """The chunked loss of one batch (all randomness from `gen`, on the CPU). `interface` False: the
-    windows read no tokens (the ablation; the same draws, so losses pair by batch)."""
+    windows read no tokens (the ablation; the same draws, so losses pair by batch).
+    `windows_per_clip` N > 0: N of each clip's windows, drawn per clip (0: all of them)."""
     x0 = batch["video"]                                                  # (B, C, F, H, W)
     b, _, f = x0.shape[:3]
     sigma_B = torch.sigmoid(torch.randn(b, generator=gen) * opt.logit_std + opt.logit_mean)
@@ -76,21 +89,25 @@ def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator
     every = keyframe_every(cfg.schedule.vin, cfg.video.fps, cfg.vae.temporal_stride)
     z_BND = nets["vin"](x_t[:, :, ::every], t_B, text_BSD)
     layers = frozenset(cfg.vin.layers) if cfg.vin.layers else None
-    groups: dict[int, list[range]] = {}  # windows of one length run as one batch
-    for w in windows(cfg, f):
-        groups.setdefault(len(w), []).append(w)
+    ws = windows(cfg, f)
+    taken = drawn_windows(len(ws), b, windows_per_clip, gen)
+    groups: dict[int, list[tuple[int, range]]] = {}  # (clip, window) samples of one length run as one batch
+    for i, w in enumerate(ws):  # window-major, as the schedule's chunks
+        for c in range(b):
+            if i in taken[c]:
+                groups.setdefault(len(w), []).append((c, w))
     total, count = x0.new_zeros(()), 0
-    for ws in groups.values():
-        n = len(ws)
-        x = torch.cat([x_t[:, :, w.start:w.stop] for w in ws])              # (n·B, C, len, H, W), window-major
-        target = torch.cat([(noise - x0)[:, :, w.start:w.stop] for w in ws])
-        interface_tokens = InterfaceTokens(z_BND.repeat(n, 1, 1), layers)
+    for pairs in groups.values():
+        idx = torch.tensor([c for c, _ in pairs], device=x0.device)
+        x = torch.cat([x_t[c:c + 1, :, w.start:w.stop] for c, w in pairs])  # (n, C, len, H, W)
+        target = torch.cat([(noise - x0)[c:c + 1, :, w.start:w.stop] for c, w in pairs])
+        interface_tokens = InterfaceTokens(z_BND[idx], layers)
 
         def prepare(ctx, tokens=interface_tokens if interface else None):
             ctx.interface = tokens
             return ctx
 
-        v = run_model(nets["transformer"], x, t_B.repeat(n), Conditioning(text_BSD.repeat(n, 1, 1)), prepare=prepare)
+        v = run_model(nets["transformer"], x, t_B[idx], Conditioning(text_BSD[idx]), prepare=prepare)
         total = total + F.mse_loss(v.float(), target, reduction="sum")
         count += target.numel()
     return total / count
@@ -99,12 +116,15 @@ def vin_loss(nets: nn.ModuleDict, cfg: Config, batch: dict, gen: torch.Generator
 def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, seed: int,
              init_from: str = "builtin:tiny", opt: TrainOptions | None = None, command: str = "",
              log_every: int = 25, max_seconds: float | None = None, device: str = "cpu",
-             stop_at: int | None = None) -> dict:
+             stop_at: int | None = None, windows_per_clip: int = 0) -> dict:
     from framecast.world.captions import tokenize
     from framecast.world.scenes import world_batches
 
     opt = opt or TrainOptions()
-    windows(cfg, frames)  # a clip shorter than a chunk: one line, before any work
+    count = len(windows(cfg, frames))  # a clip shorter than a chunk: one line, before any work
+    if not 0 <= windows_per_clip <= count:
+        raise ValueError(f"--vin-windows {windows_per_clip}: a clip of {frames} frames has {count} windows "
+                         f"(schedule.vin chunks); use 0 (all) to {count}")
     out, dev = pixel_run(cfg, out, device, "VIN", "tiny-vin")
     nets = build_vin_nets(cfg, init_from, seed).to(dev).train()
     ema = build_vin_nets(cfg, init_from, seed).to(dev).eval().requires_grad_(False)
@@ -118,11 +138,12 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
     def loss_at(step: int) -> torch.Tensor:
         clips = {k: v.to(dev) for k, v in next(stream).items()}
-        return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev))
+        return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev), windows_per_clip=windows_per_clip)
 
     about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
         "chunk_frames": cfg.schedule.vin.chunk_frames, "overlap_frames": cfg.schedule.vin.overlap_frames,
+        "windows_per_clip": windows_per_clip or count,
         "vin": {"tokens": cfg.vin.tokens, "heads": cfg.vin.heads, "blocks": cfg.vin.blocks, "layers": list(cfg.vin.layers)},
         "params_vin": sum(p.numel() for p in nets["vin"].parameters())},
                             log_every=log_every, max_seconds=max_seconds, stop_at=stop_at)
@@ -130,4 +151,4 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
 def run_vin_train(args) -> int:
     """`framecast train --vin ...`: the arguments of `framecast train` that apply here."""
-    return run_adapter_recipe(args, "--vin", finetune)
+    return run_adapter_recipe(args, "--vin", partial(finetune, windows_per_clip=args.vin_windows))
