@@ -138,7 +138,8 @@ def finetune(cfg: Config, out: str | Path, steps: int, batch: int, frames: int, 
 
     def loss_at(step: int) -> torch.Tensor:
         clips = {k: v.to(dev) for k, v in next(stream).items()}
-        return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev), windows_per_clip=windows_per_clip)
+        return vin_loss(nets, cfg, clips, step_generator(seed, step), opt, empty.to(dev),
+                        windows_per_clip=windows_per_clip)
 
     about = run_about(cfg, command, init_from, seed, batch, frames, dev)
     return train_and_record(nets, ema, optim, loss_at, steps, opt, out, about, {
