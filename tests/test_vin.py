@@ -224,7 +224,7 @@ def test_windows_per_clip_reads_keyframes_of_the_whole_clip(monkeypatch):
         return vin_forward(x, t, text)
 
     def spy_model(model, x, t, cond, prepare):
-        zs.append(prepare(type("Ctx", (), {})()).interface.z_BND)
+        zs.append((t, prepare(type("Ctx", (), {})()).interface.z_BND))
         return run_model(model, x, t, cond, prepare=prepare)
 
     monkeypatch.setattr(nets["vin"], "forward", spy_vin)
@@ -238,10 +238,12 @@ def test_windows_per_clip_reads_keyframes_of_the_whole_clip(monkeypatch):
                                     windows_per_clip=2)
     assert torch.allclose(every, full, rtol=1e-6, atol=0) and not torch.allclose(two, full, rtol=1e-4, atol=0)
     assert keyframes == [4, 4, 4]  # Z always reads the whole clip's keyframes
-    rows = torch.cat(zs)
+    t, rows = torch.cat([t for t, _ in zs]), torch.cat([z for _, z in zs])
     assert rows.shape[0] == 6 * 2
     readers = [sum(torch.equal(r, other) for other in rows) for r in rows]
-    assert readers == [2] * 12  # each clip's Z is read by exactly its 2 windows
+    assert readers == [2] * 12  # each clip's Z is read by exactly 2 windows ...
+    for i in range(12):  # ... the two at that clip's noise level: its own windows
+        assert all(torch.equal(rows[i], rows[j]) == bool(t[i] == t[j]) for j in range(12))
 
 
 def test_vin_windows_out_of_range_or_without_vin_is_one_line(tmp_path, capsys):
