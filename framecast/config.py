@@ -280,9 +280,23 @@ def load_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> Config:
             msg = " ".join(str(e).split())[:160]
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({msg})") from None
     merged.preset = preset
-    cfg = OmegaConf.to_object(merged)
+    try:
+        cfg = OmegaConf.to_object(merged)  # resolves ${...} interpolations: a bad one fails only here
+    except OmegaConfBaseException as e:
+        raise ConfigError(_interpolation_problem(e, preset, overrides)) from None
     validate(cfg)
     return cfg
+
+
+def _interpolation_problem(e: OmegaConfBaseException, preset: str, overrides: Sequence[str]) -> str:
+    """One line for a ${...} that does not resolve to a value its field takes, naming the override."""
+    msg = str(e).splitlines()[0]
+    given = [o for o in overrides if "${" in o]
+    key = getattr(e, "full_key", None) or (given[0].split("=", 1)[0] if len(given) == 1 else "")
+    mine = [o for o in given if o.split("=", 1)[0] == key] or given
+    source = f"override {mine[0]!r}" if len(mine) == 1 else (
+        f"overrides {', '.join(map(repr, mine))}" if mine else f"preset {preset!r}")
+    return f"{source}: the interpolation does not give a value {key or 'the field'} takes: {msg}"
 
 
 def _get(cfg: Config, key: str):
