@@ -6,8 +6,8 @@
 For each interface setting (`schedule.vin.interface`, the tiny-vin preset and its chunks of 6 + 2) and
 the world's own clips, every single-object prompt and seed: the named object's track (its colour's
 largest component per frame, `metrics.detect_video`), and
-- `across` / `along`: steps longer than 3 px (a jump, as `jumps` in bench/quality.py) whose larger
-  component is across the named direction / along it;
+- `across` / `along`: jumps (steps longer than `motion.JUMP` x the world's speed, 3 px at 32 x 32: the
+  `jumps` of bench/quality.py) whose larger component is across the named direction / along it;
 - `into`: where those jumps land — the first owned frame of a chunk (`seam`), the k-th frame of an
   overlap (`overlap k`: frames two chunks denoise and cross-fade), or any other frame (`inner`);
 - `across_sd`: the standard deviation of the coordinate across the named direction over the video (px).
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 PROMPTS = ["a red circle moving right", "a blue square moving down", "a green triangle moving left"]
-AXIS = {"right": 1, "left": 1, "up": 0, "down": 0}  # the (y, x) axis each direction moves along
 
 
 def frame_roles(plan) -> dict[int, str]:
@@ -39,17 +38,21 @@ def frame_roles(plan) -> dict[int, str]:
     return roles
 
 
-def jump_axes(frames: np.ndarray, colour: str, axis: int, roles: dict[int, str]) -> dict:
-    from framecast.world.metrics import detect_video
+def jump_axes(frames: np.ndarray, colour: str, direction: str, roles: dict[int, str]) -> dict:
+    from framecast.world.metrics import _largest_by_colour, detect_video
+    from framecast.world.motion import JUMP
+    from framecast.world.scenes import BASE_SIZE, DIRECTION_VECTORS, SPEED
 
-    track = [next((d.centroid for d in dets if d.colour == colour), None) for dets in detect_video(frames)]
+    axis = 0 if DIRECTION_VECTORS[direction][0] else 1  # (y, x): the axis the named direction moves along
+    jump = JUMP * SPEED * frames.shape[2] / BASE_SIZE
+    track = [getattr(_largest_by_colour(dets).get(colour), "centroid", None) for dets in detect_video(frames)]
     across = [c[1 - axis] for c in track if c is not None]
     out = {"across": 0, "along": 0, "into": Counter(), "across_sd": float(np.std(across)) if across else None}
     for t in range(len(track) - 1):
         if track[t] is None or track[t + 1] is None:
             continue
         d = np.subtract(track[t + 1], track[t])
-        if np.linalg.norm(d) > 3:
+        if np.linalg.norm(d) > jump:
             out["along" if abs(d[axis]) >= abs(d[1 - axis]) else "across"] += 1
             out["into"][roles.get(t + 1, "inner")] += 1
     return out
@@ -86,7 +89,7 @@ def main() -> None:
                     frames = (render_prompt_clip(p, req.frames, seed).frames if name == "world"
                               else np.stack(list(engine.stream(p, seconds=args.seconds, seed=seed))))
                     videos.append({"prompt": p, "seed": seed,
-                                   **jump_axes(frames, spec.colour, AXIS[spec.direction], roles)})
+                                   **jump_axes(frames, spec.colour, spec.direction, roles)})
         into = sum((v["into"] for v in videos), Counter())
         sds = [v["across_sd"] for v in videos if v["across_sd"] is not None]
         rows[name] = {"across": sum(v["across"] for v in videos), "along": sum(v["along"] for v in videos),
