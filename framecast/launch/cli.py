@@ -359,13 +359,14 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    av_only = [flag for flag, value, default in (("--click-weight", args.click_weight, 1.0),
-                                                 ("--audio-lag-prob", args.audio_lag_prob, 0.0),
-                                                 ("--cue-weight", args.cue_weight, 0.0)) if value != default]
-    if av_only and not args.av:
-        raise ValueError(f"{', '.join(av_only)}: for AV-DiT's audio parts only; add --av (--preset tiny-av)")
-    if args.vin_windows and not args.vin:
-        raise ValueError("--vin-windows: for the VIN recipe only; add --vin (--preset tiny-vin)")
+    for recipe, what, preset, flags in (
+            ("av", "AV-DiT's audio parts", "tiny-av", (("--click-weight", args.click_weight, 1.0),
+                                                        ("--audio-lag-prob", args.audio_lag_prob, 0.0),
+                                                        ("--cue-weight", args.cue_weight, 0.0))),
+            ("vin", "the VIN recipe", "tiny-vin", (("--vin-windows", args.vin_windows, 0),))):
+        given = [flag for flag, value, default in flags if value != default]
+        if given and not getattr(args, recipe):  # a recipe's own flag without the recipe: one line, not ignored
+            raise ValueError(f"{', '.join(given)}: for {what} only; add --{recipe} (--preset {preset})")
     if args.vin:  # the VIN recipe (world/vin_training.py builds on world/train.py, so it is picked here)
         from framecast.world.vin_training import run_vin_train
         return run_vin_train(args)
